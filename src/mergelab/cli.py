@@ -1,0 +1,200 @@
+"""The ``mergelab`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Sequence
+
+from mergelab.errors import MergeError
+
+SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)\s*$", re.IGNORECASE)
+UNITS = {"": 1, "B": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+
+
+def parse_size(text: str) -> int:
+    """``5GB`` -> 5e9, ``500MiB`` -> 500 * 2**20."""
+    match = SIZE.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 5GB, 500MiB)")
+    number, unit = match.groups()
+    unit = unit.upper()
+    factor = UNITS[unit[:1]] if "I" not in unit else 1024 ** " KMGT".index(unit[0])
+    return int(float(number) * factor)
+
+
+def _merge_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "merge",
+        help="merge checkpoints tensor by tensor into a safetensors file or folder",
+        description=(
+            "Merge checkpoints from a recipe YAML (mergekit-style) or from options. "
+            "Examples: mergelab merge recipe.yaml --out merged/ ; "
+            "mergelab merge --method ties --base B --models A1 A2 --param density=0.2 --out M/"
+        ),
+    )
+    p.add_argument("recipe", nargs="?", help="recipe YAML (merge_method, base_model, models, ...)")
+    p.add_argument("--method", help="merge method (see `mergelab methods`)")
+    p.add_argument("--base", help="base model (task-vector methods)")
+    p.add_argument("--models", nargs="+", default=[], metavar="CKPT", help="input checkpoints")
+    p.add_argument("--weights", nargs="+", type=float, metavar="W", help="one weight per model")
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="method parameter; per-model ones (weight, density) apply to every model",
+    )
+    p.add_argument("--dtype", help="output dtype of floating tensors (needed for mixed inputs)")
+    p.add_argument("--key", help="torch checkpoints: dotted key of the state dict (detected)")
+    p.add_argument("--strip-prefix", help="torch checkpoints: prefix to strip (module. detected)")
+    p.add_argument("--out", help="output: NAME.safetensors (one file) or a folder")
+    p.add_argument("--force", action="store_true", help="replace an existing output")
+    p.add_argument(
+        "--max-shard-size",
+        type=parse_size,
+        default="5GB",
+        help="folder outputs: largest shard (default 5GB)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the plan; read no tensor data")
+    p.add_argument("-v", "--verbose", action="store_true", help="list every tensor in the plan")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=_run_merge)
+
+
+def _recipe_from_args(args: argparse.Namespace):
+    from mergelab.recipe import ModelEntry, Recipe, parse_assignment
+
+    if args.recipe:
+        if args.method or args.models or args.base:
+            raise MergeError("give either a recipe file or --method/--models/--base, not both")
+        recipe = Recipe.from_yaml(args.recipe)
+    else:
+        if not args.method:
+            raise MergeError("give a recipe file, or --method with --models")
+        recipe = Recipe(merge_method=args.method, models=[], base_model=args.base)
+        recipe.models = [ModelEntry(model=m) for m in args.models]
+    params = dict(recipe.parameters)
+    params.update(parse_assignment(a) for a in args.param)
+    if args.weights:
+        if len(args.weights) != len(recipe.models):
+            raise MergeError(
+                f"--weights: {len(args.weights)} weights for {len(recipe.models)} models"
+            )
+        recipe.models = [
+            e.model_copy(update={"parameters": {**e.parameters, "weight": w}})
+            for e, w in zip(recipe.models, args.weights, strict=True)
+        ]
+    update = {"parameters": params}
+    for name in ("dtype", "key", "strip_prefix"):
+        if getattr(args, name) is not None:
+            update[name] = getattr(args, name)
+    return recipe.model_copy(update=update)
+
+
+def _run_merge(args: argparse.Namespace) -> int:
+    from mergelab.engine import merge, open_recipe, plan_shards
+
+    recipe = _recipe_from_args(args)
+    if args.dry_run:
+        plan = open_recipe(recipe)
+        print(plan.describe(verbose=args.verbose))
+        if args.out:
+            folder = not args.out.endswith(".safetensors")
+            shards = plan_shards(plan, args.max_shard_size if folder else None)
+            print(f"output      {args.out} ({shards} file{'s' if shards > 1 else ''})")
+        for ckpt in plan.inputs:
+            ckpt.close()
+        return 0
+    if not args.out:
+        raise MergeError("--out is required (a .safetensors file or a folder)")
+    out = merge(
+        recipe,
+        args.out,
+        force=args.force,
+        max_shard_bytes=args.max_shard_size,
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
+    print(f"wrote {out}")
+    return 0
+
+
+def _methods_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("methods", help="list merge methods and their parameters")
+    p.add_argument("name", nargs="?", help="show one method in full")
+    p.set_defaults(run=_run_methods)
+
+
+def _run_methods(args: argparse.Namespace) -> int:
+    from mergelab.methods import REGISTRY, get_method
+
+    if args.name:
+        try:
+            cls = get_method(args.name)
+        except ValueError as exc:
+            raise MergeError(str(exc)) from None
+        print(
+            f"{cls.name}: {cls.summary}\nreference: {cls.reference}\nbase model: {cls.base_policy}"
+        )
+        print((cls.__doc__ or "").strip())
+        print("parameters:")
+        for key, f in cls.Params.model_fields.items():
+            print(f"  {f.alias or key} = {f.default!r}")
+        print("per-model parameters:")
+        for key, f in cls.PerModel.model_fields.items():
+            print(f"  {key} = {f.default!r}")
+        return 0
+    for name in sorted(REGISTRY):
+        cls = REGISTRY[name]
+        print(f"{name:18s} {cls.summary}")
+    return 0
+
+
+def _demo_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="generate small Llama-shaped checkpoints and merge them with every method",
+    )
+    p.add_argument("--out", default="mergelab-demo", help="folder for checkpoints and results")
+    p.add_argument("--force", action="store_true", help="redo merged outputs already there")
+    p.set_defaults(run=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from mergelab.demo import run_demo
+
+    print(f"merge demo in {args.out}/ (checkpoints are generated once, then reused)")
+    summary = run_demo(args.out, force=args.force)
+    print(summary.read_text())
+    print(f"summary: {summary}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mergelab",
+        description="Combine trained networks: merge in weight space, ensemble in feature space.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    _merge_parser(sub)
+    _methods_parser(sub)
+    _demo_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except MergeError as exc:
+        print(f"mergelab: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mergelab: interrupted; no output was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""The contract between the merge engine and a merge method, and the registry of methods.
+
+A method sees one parameter at a time: the stacked values of that parameter in every input
+model (``tensors``, a float32/float64 NumPy array of shape ``[n, ...]`` that the method may
+overwrite) and the base model's (``base``), and returns the merged values. An *elementwise*
+method (every output element depends only on the same element of the inputs, given
+statistics gathered beforehand) is fed flat chunks, so memory stays bounded however large a
+tensor is; other methods get whole tensors in their shape.
+
+Statistics come in two scopes. ``tensor_statistics`` sees one parameter of every model in
+full before its chunks are merged (TIES's per-tensor top-k threshold); ``model_statistics``
+streams over the whole model first (TIES's whole-model top-k, the TIES paper's variant).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+BasePolicy = Literal["required", "optional", "unused"]
+
+
+class MethodParams(BaseModel):
+    """Global hyperparameters of a method. Frozen, and unknown names are errors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class ModelParams(BaseModel):
+    """Per-input-model hyperparameters (``weight`` for all; more per method)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    weight: float = 1.0
+
+
+@dataclass
+class TensorContext:
+    """Where a chunk sits: its parameter, its flat range, and the statistics gathered for it."""
+
+    name: str
+    shape: tuple[int, ...]
+    start: int = 0
+    stats: Any = None  # from tensor_statistics
+    model_stats: Any = None  # from model_statistics (the part model_stats_for picked)
+    model_offset: int = 0  # position of this tensor's first element in the whole model
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+@dataclass
+class DeltaAccess:
+    """What statistics see: task vectors (model minus base, or the raw model without base).
+
+    ``tensor(i)`` gives model i's whole parameter (tensor scope); ``stream(i)`` yields
+    ``(TensorContext, values)`` over every merged parameter of model i (model scope).
+    """
+
+    n_models: int
+    tensor: Callable[[int], np.ndarray] | None = None
+    stream: Callable[[int], Iterable[tuple[TensorContext, np.ndarray]]] | None = None
+    total_numel: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class MergeMethod(ABC):
+    """One merge method: typed hyperparameters plus a pure function over stacked tensors."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str] = ""
+    reference: ClassVar[str] = ""
+    Params: ClassVar[type[MethodParams]] = MethodParams
+    PerModel: ClassVar[type[ModelParams]] = ModelParams
+    base_policy: ClassVar[BasePolicy] = "unused"
+    min_models: ClassVar[int] = 1
+    max_models: ClassVar[int | None] = None
+    elementwise: ClassVar[bool] = True
+
+    def __init__(self, params: MethodParams, per_model: list[ModelParams]) -> None:
+        self.params = params
+        self.per_model = per_model
+
+    def check_counts(self, n_models: int, has_base: bool) -> None:
+        """Raise ValueError when the number of input models does not suit the method."""
+        most = self.max_models
+        if n_models < self.min_models or (most is not None and n_models > most):
+            bound = f"at least {self.min_models}" + ("" if most is None else f" and at most {most}")
+            raise ValueError(f"{self.name}: needs {bound} models besides the base; got {n_models}")
+
+    @property
+    def uses_tensor_statistics(self) -> bool:
+        return False
+
+    @property
+    def uses_model_statistics(self) -> bool:
+        return False
+
+    def tensor_statistics(self, ctx: TensorContext, deltas: DeltaAccess) -> Any:
+        """Statistics of one parameter over its whole extent, for every model."""
+        return None
+
+    def model_statistics(self, deltas: DeltaAccess) -> Any:
+        """Statistics over whole models, computed before any tensor is merged."""
+        return None
+
+    def model_stats_for(self, stats: Any, ctx: TensorContext) -> Any:
+        """The part of the model statistics that one tensor needs."""
+        return stats
+
+    @abstractmethod
+    def merge(self, tensors: np.ndarray, base: np.ndarray | None, ctx: TensorContext) -> np.ndarray:
+        """Merged values of one chunk (elementwise methods) or one whole tensor."""
+
+    def weights(self, like: np.ndarray) -> np.ndarray:
+        """Per-model weights shaped to broadcast over ``like`` (``[n, ...]``)."""
+        w = np.array([p.weight for p in self.per_model], dtype=like.dtype)
+        return w.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def seeded_generator(seed: int, *parts: object) -> np.random.Generator:
+    """A generator whose state depends only on ``seed`` and ``parts`` (a tensor name, a model
+    index, a block): random masks are the same however the work is chunked."""
+    digest = hashlib.sha256(repr((seed, *parts)).encode()).digest()
+    return np.random.Generator(np.random.PCG64(int.from_bytes(digest[:16], "little")))
+
+
+REGISTRY: dict[str, type[MergeMethod]] = {}
+
+
+def register(cls: type[MergeMethod]) -> type[MergeMethod]:
+    """Class decorator adding a method to the registry under ``cls.name``."""
+    if cls.name in REGISTRY:
+        raise ValueError(f"merge method {cls.name!r} registered twice")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> type[MergeMethod]:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(REGISTRY))
+        raise ValueError(f"unknown merge method {name!r}; available: {known}") from None

@@ -1,0 +1,40 @@
+"""Weighted average of the inputs (model soups; Wortsman et al. 2022, arXiv:2203.05482)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mergelab.methods.base import MergeMethod, MethodParams, TensorContext, register
+
+
+class LinearParams(MethodParams):
+    normalize: bool = True
+    """Divide by the sum of weights (a weighted mean); off gives the weighted sum."""
+
+
+@register
+class Linear(MergeMethod):
+    """theta = sum_i w_i theta_i / sum_i w_i  (``normalize=false``: without the division).
+
+    Uniform soup with the default weights of 1. Matches mergekit's ``linear``.
+    """
+
+    name = "linear"
+    summary = "weighted average of the models (uniform soup by default)"
+    reference = "https://arxiv.org/abs/2203.05482"
+    Params = LinearParams
+    base_policy = "unused"
+
+    def __init__(self, params: LinearParams, per_model: list) -> None:
+        super().__init__(params, per_model)
+        total = sum(p.weight for p in per_model)
+        if params.normalize and abs(total) < 1e-12:
+            raise ValueError("linear: the model weights sum to 0; cannot normalise")
+
+    def merge(self, tensors: np.ndarray, base: np.ndarray | None, ctx: TensorContext) -> np.ndarray:
+        w = self.weights(tensors)
+        np.multiply(tensors, w, out=tensors)
+        out = tensors.sum(axis=0)
+        if self.params.normalize:
+            out /= w.sum()
+        return out

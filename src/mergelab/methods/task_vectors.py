@@ -1,0 +1,348 @@
+"""Task-vector methods as configurations of one class (after mergekit's generalized task
+arithmetic): task arithmetic, TIES, DARE and Model Breadcrumbs differ only in how each task
+vector ``tau_i = theta_i - theta_base`` is sparsified, whether signs are elected, and how the
+survivors are combined.
+
+    tau_i'  = rescale(mask_i * tau_i)             sparsify: none | magnitude | random | outliers
+    tau_i'' = w_i * tau_i'
+    elect   = sign(sum_i tau_i'')                  consensus "sum" (TIES), or sign of the
+                                                   count of signs ("count"); none keeps all
+    m_i     = [sign(tau_i'') == elect]
+    theta   = theta_base + lambda * sum_i m_i tau_i'' / (sum_i m_i w_i   if normalize else 1)
+
+Without consensus the divisor is sum_i w_i. Defaults follow mergekit, so a mergekit recipe
+gives the same tensors; the papers' variants are one parameter away: ``scope=model`` takes
+TIES's top-k over the whole model (as the TIES paper and FusionBench do) instead of per
+tensor; ``rescale=inverse`` is DARE's 1/(1-p), ``rescale=norm`` mergekit's L1-norm-preserving
+rescale.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from mergelab.methods.base import (
+    DeltaAccess,
+    MergeMethod,
+    MethodParams,
+    ModelParams,
+    TensorContext,
+    register,
+    seeded_generator,
+)
+from mergelab.methods.selection import Cutoff, top_k_cutoff
+
+RANDOM_BLOCK = 1 << 20
+NORM_EPS = 1e-7
+
+
+class TaskVectorParams(MethodParams):
+    lambda_: float = Field(1.0, alias="lambda")
+    """Scale of the combined task vector."""
+    normalize: bool = False
+    """Divide by the (elected) sum of weights: a disjoint mean rather than a sum."""
+    sparsify: Literal["none", "magnitude", "random", "outliers"] = "none"
+    """How each task vector is pruned: top-k |tau| (TIES), Bernoulli keep with probability
+    density (DARE), or drop the largest gamma and the smallest values (Breadcrumbs)."""
+    consensus: Literal["none", "sum", "count"] = "none"
+    """Sign election: by mass (sum of values, TIES), by count of signs, or none."""
+    rescale: Literal["none", "inverse", "norm"] = "none"
+    """After pruning: divide by density (DARE's 1/(1-p)), restore the L1 norm (mergekit)."""
+    scope: Literal["tensor", "model"] = "tensor"
+    """Top-k per tensor (mergekit) or over the whole model (TIES paper, FusionBench)."""
+    seed: int = 0
+    """Seed of the random masks (``sparsify=random``)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _rescale_bool(cls, data: Any) -> Any:
+        # mergekit writes rescale: true/false; true means "the method's own rescale".
+        if isinstance(data, dict) and isinstance(data.get("rescale"), bool):
+            default = cls.model_fields["rescale"].default
+            data = {
+                **data,
+                "rescale": (default if default != "none" else "inverse")
+                if data["rescale"]
+                else "none",
+            }
+        return data
+
+
+class TaskVectorModelParams(ModelParams):
+    density: float = Field(1.0, ge=0.0, le=1.0)
+    """Fraction of each task vector kept (DARE's drop rate p = 1 - density)."""
+    gamma: float = Field(0.01, ge=0.0, le=1.0)
+    """Breadcrumbs: fraction of largest-magnitude values removed as outliers."""
+    drop_rate: float | None = Field(None, ge=0.0, le=1.0)
+    """DARE's p; when given, density = 1 - drop_rate."""
+
+    @model_validator(mode="after")
+    def _drop_rate(self) -> TaskVectorModelParams:
+        if self.drop_rate is not None:
+            object.__setattr__(self, "density", 1.0 - self.drop_rate)
+        return self
+
+
+class TaskVectorMerge(MergeMethod):
+    """Shared implementation; registered subclasses only change defaults."""
+
+    Params = TaskVectorParams
+    PerModel = TaskVectorModelParams
+    base_policy = "required"
+    params: TaskVectorParams
+    per_model: list[TaskVectorModelParams]
+
+    @property
+    def _selects_top_k(self) -> bool:
+        return self.params.sparsify in ("magnitude", "outliers")
+
+    @property
+    def uses_model_statistics(self) -> bool:
+        return self._selects_top_k and self.params.scope == "model"
+
+    @property
+    def uses_tensor_statistics(self) -> bool:
+        sparse = self.params.sparsify != "none"
+        return (self._selects_top_k and self.params.scope == "tensor") or (
+            sparse and self.params.rescale == "norm"
+        )
+
+    # -- which elements survive --------------------------------------------------------
+
+    def _kept_ranks(self, i: int, numel: int) -> tuple[int, int] | None:
+        """(k1, k2): keep the k1 largest |tau| minus the k2 largest; None keeps everything."""
+        p = self.per_model[i]
+        if p.density >= 1 or numel == 0:
+            return None
+        if p.density <= 0:
+            return 0, 0
+        if self.params.sparsify == "magnitude":
+            return max(1, int(p.density * numel)), 0
+        target = int(p.density * numel)
+        top = int(p.gamma * numel)
+        bottom = max(0, numel - target - top)
+        return numel - bottom, max(0, numel - bottom - target)
+
+    def _cutoffs(self, i: int, stream, numel: int) -> tuple[Cutoff, Cutoff] | None:
+        ranks = self._kept_ranks(i, numel)
+        if ranks is None:
+            return None
+        keep, drop = ranks
+        return top_k_cutoff(stream, keep, numel), top_k_cutoff(stream, drop, numel)
+
+    def _keep(
+        self, i: int, magnitudes: np.ndarray, ctx: TensorContext, cut: Any
+    ) -> np.ndarray | None:
+        """Boolean keep-mask of model i's chunk, or None when all is kept."""
+        mode = self.params.sparsify
+        if mode == "random":
+            density = self.per_model[i].density
+            if density >= 1:
+                return None
+            return self._random_keep(i, ctx, magnitudes.size, density)
+        if cut is None:
+            return None
+        position = ctx.start + (ctx.model_offset if self.params.scope == "model" else 0)
+        keep_cut, drop_cut = cut
+        keep = keep_cut.mask(magnitudes, position)
+        if drop_cut != Cutoff.keep_none():
+            keep &= ~drop_cut.mask(magnitudes, position)
+        return keep
+
+    @staticmethod
+    def _stat(ctx: TensorContext, i: int) -> tuple[Any, float]:
+        """(cutoffs, norm rescale factor) of model i for this tensor."""
+        if ctx.stats is not None:
+            return ctx.stats[i]["cut"], ctx.stats[i].get("scale", 1.0)
+        if ctx.model_stats is not None:
+            return ctx.model_stats[i], 1.0
+        return None, 1.0
+
+    def _random_keep(self, i: int, ctx: TensorContext, length: int, density: float) -> np.ndarray:
+        """Bernoulli(density) keep-mask drawn in fixed blocks, so it is independent of chunking."""
+        start, stop = ctx.start, ctx.start + length
+        parts = []
+        for block in range(start // RANDOM_BLOCK, (stop - 1) // RANDOM_BLOCK + 1 if length else 0):
+            lo = block * RANDOM_BLOCK
+            hi = min(lo + RANDOM_BLOCK, ctx.numel)
+            gen = seeded_generator(self.params.seed, ctx.name, i, block)
+            draw = gen.random(hi - lo, dtype=np.float32) < density
+            parts.append(draw[max(start, lo) - lo : min(stop, hi) - lo])
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
+
+    # -- statistics ----------------------------------------------------------------------
+
+    def model_statistics(self, deltas: DeltaAccess) -> list[Any]:
+        cuts = []
+        for i in range(deltas.n_models):
+
+            def stream(i: int = i):
+                for ctx, values in deltas.stream(i):
+                    yield ctx.model_offset + ctx.start, np.abs(values, out=values)
+
+            cuts.append(self._cutoffs(i, stream, deltas.total_numel))
+        return cuts
+
+    def tensor_statistics(self, ctx: TensorContext, deltas: DeltaAccess) -> list[dict[str, Any]]:
+        stats = []
+        for i in range(deltas.n_models):
+            delta = deltas.tensor(i).reshape(-1)
+            magnitudes = np.abs(delta, out=delta)
+            entry: dict[str, Any] = {}
+            if self._selects_top_k and self.params.scope == "tensor":
+                entry["cut"] = self._cutoffs(i, lambda m=magnitudes: [(0, m)], magnitudes.size)
+            else:
+                entry["cut"] = (ctx.model_stats or [None] * deltas.n_models)[i]
+            if self.params.rescale == "norm":
+                keep = self._keep(i, magnitudes, ctx, entry["cut"])
+                before = float(magnitudes.sum(dtype=np.float64))
+                after = before if keep is None else float(magnitudes[keep].sum(dtype=np.float64))
+                scale = before / after if before >= NORM_EPS and after >= NORM_EPS else 1.0
+                entry["scale"] = scale
+            stats.append(entry)
+        return stats
+
+    # -- the merge -----------------------------------------------------------------------
+
+    def merge(self, tensors: np.ndarray, base: np.ndarray | None, ctx: TensorContext) -> np.ndarray:
+        assert base is not None
+        p = self.params
+        deltas = np.subtract(tensors, base, out=tensors)
+        if p.sparsify != "none":
+            scratch = np.empty_like(deltas[0])
+            for i in range(deltas.shape[0]):
+                cut, scale = self._stat(ctx, i)
+                keep = self._keep(i, np.abs(deltas[i], out=scratch), ctx, cut)
+                if keep is not None:
+                    np.multiply(deltas[i], keep, out=deltas[i])
+                if p.rescale == "inverse" and 0 < self.per_model[i].density < 1:
+                    deltas[i] /= deltas.dtype.type(self.per_model[i].density)
+                elif p.rescale == "norm" and scale != 1.0:
+                    deltas[i] *= deltas.dtype.type(scale)
+        w = self.weights(deltas)
+        if np.any(w != 1):
+            np.multiply(deltas, w, out=deltas)
+        if p.consensus != "none":
+            # Elected sign per element: +1 where the vote (sum of values, or of signs) is >= 0.
+            vote = deltas.sum(axis=0) if p.consensus == "sum" else np.sign(deltas).sum(axis=0)
+            elected = (vote >= 0).astype(deltas.dtype)
+            elected *= 2
+            elected -= 1
+            # tau_i * elected > 0 exactly where tau_i is nonzero and agrees with the election.
+            np.multiply(deltas, elected, out=deltas)
+            divisor = np.zeros_like(elected)
+            for i in range(deltas.shape[0]):
+                agree = deltas[i] > 0
+                divisor += agree if w[i] == 1 else agree * w[i]
+            divisor[divisor == 0] = 1
+            np.maximum(deltas, 0, out=deltas)
+            mixed = deltas.sum(axis=0)
+            mixed *= elected
+        else:
+            mixed = deltas.sum(axis=0)
+            divisor = w.sum()
+            if abs(divisor) < 1e-8:
+                divisor = np.ones_like(divisor)
+        if p.normalize:
+            mixed /= divisor
+        if p.lambda_ != 1:
+            mixed *= deltas.dtype.type(p.lambda_)
+        mixed += base
+        return mixed
+
+
+class TiesParams(TaskVectorParams):
+    normalize: bool = True
+    sparsify: Literal["none", "magnitude", "random", "outliers"] = "magnitude"
+    consensus: Literal["none", "sum", "count"] = "sum"
+
+
+class DareParams(TaskVectorParams):
+    sparsify: Literal["none", "magnitude", "random", "outliers"] = "random"
+    rescale: Literal["none", "inverse", "norm"] = "inverse"
+
+
+class DareTiesParams(DareParams):
+    consensus: Literal["none", "sum", "count"] = "sum"
+
+
+class BreadcrumbsParams(TaskVectorParams):
+    sparsify: Literal["none", "magnitude", "random", "outliers"] = "outliers"
+
+
+class BreadcrumbsTiesParams(BreadcrumbsParams):
+    consensus: Literal["none", "sum", "count"] = "sum"
+
+
+@register
+class TaskArithmetic(TaskVectorMerge):
+    """theta = theta_base + lambda * sum_i w_i (theta_i - theta_base) (Ilharco et al. 2023)."""
+
+    name = "task_arithmetic"
+    summary = "base plus lambda times the weighted sum of task vectors"
+    reference = "https://arxiv.org/abs/2212.04089"
+
+
+@register
+class Ties(TaskVectorMerge):
+    """TIES-Merging (Yadav et al. 2023): keep the top-density |tau| of each task vector, elect
+    a sign per element by mass, average the agreeing values (disjoint mean), scale by lambda.
+    Top-k per tensor by default (mergekit); ``scope=model`` for the paper's whole-model top-k."""
+
+    name = "ties"
+    summary = "trim, elect sign, disjoint merge"
+    reference = "https://arxiv.org/abs/2306.01708"
+    Params = TiesParams
+
+
+@register
+class Dare(TaskVectorMerge):
+    """DARE (Yu et al. 2024): drop each task-vector element with probability p = 1 - density,
+    rescale survivors by 1/(1-p), then task arithmetic (``consensus=sum`` adds TIES's sign
+    election, as ``dare_ties``). Seeded: the same seed gives the same masks."""
+
+    name = "dare"
+    summary = "random drop and rescale of task vectors, then task arithmetic"
+    reference = "https://arxiv.org/abs/2311.03099"
+    Params = DareParams
+
+
+@register
+class DareLinear(Dare):
+    """mergekit's name for DARE on task arithmetic (same as ``dare``)."""
+
+    name = "dare_linear"
+
+
+@register
+class DareTies(TaskVectorMerge):
+    """DARE masks and rescaling, then TIES sign election (mergekit's ``dare_ties``)."""
+
+    name = "dare_ties"
+    summary = "DARE drop/rescale with TIES sign election"
+    reference = "https://arxiv.org/abs/2311.03099"
+    Params = DareTiesParams
+
+
+@register
+class Breadcrumbs(TaskVectorMerge):
+    """Model Breadcrumbs (Davari & Belilovsky 2024): drop the largest gamma fraction (outliers)
+    and the smallest values of each task vector, keeping a density fraction in between."""
+
+    name = "breadcrumbs"
+    summary = "drop outliers and small values of task vectors, then task arithmetic"
+    reference = "https://arxiv.org/abs/2312.06795"
+    Params = BreadcrumbsParams
+
+
+@register
+class BreadcrumbsTies(TaskVectorMerge):
+    """Breadcrumbs masks with TIES sign election (mergekit's ``breadcrumbs_ties``)."""
+
+    name = "breadcrumbs_ties"
+    summary = "Breadcrumbs masks with TIES sign election"
+    reference = "https://arxiv.org/abs/2312.06795"
+    Params = BreadcrumbsTiesParams

@@ -1,0 +1,107 @@
+"""Load a user's checkpoint into a built model, with an error that says exactly what differs.
+
+A silent partial load (or torch's terse size-mismatch error) is the usual reason a merge of
+"the same architecture" produces garbage, so the message lists every missing key, unexpected key
+and shape mismatch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+__all__ = ["load_weights", "read_checkpoint"]
+
+_WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP and torch.compile
+_MAX_LISTED = 200
+
+
+def _read_file(path: Path) -> Mapping[str, Any]:
+    """Read a checkpoint file as data (safetensors, torch files with weights_only=True)."""
+    from mergelab.io import load_state_dict
+
+    return load_state_dict(path)
+
+
+def _unwrap(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """Strip training-script wrappers: ``{"state_dict": ...}``/``{"model": ...}`` and
+    ``module.``/``_orig_mod.`` key prefixes."""
+    while True:
+        inner = next(
+            (obj[k] for k in _WRAPPER_KEYS if k in obj and isinstance(obj[k], Mapping)), None
+        )
+        if inner is None:
+            break
+        obj = inner
+    state = dict(obj)
+    for prefix in _WRAPPER_PREFIXES:
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix) :]: v for k, v in state.items()}
+    return state
+
+
+def read_checkpoint(source: Mapping[str, Any] | str | os.PathLike[str]) -> dict[str, Any]:
+    """State dict from a mapping or a ``.safetensors`` / ``.pt`` / ``.pth`` / ``.bin`` file."""
+    if isinstance(source, str | os.PathLike):
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        source = _read_file(path)
+    if not isinstance(source, Mapping):
+        raise TypeError(f"expected a state dict or a checkpoint path, got {type(source).__name__}")
+    return _unwrap(source)
+
+
+def _listing(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_MAX_LISTED])
+    more = f", ... and {len(keys) - _MAX_LISTED} more" if len(keys) > _MAX_LISTED else ""
+    return shown + more
+
+
+def _shape(t: Any) -> tuple[int, ...]:
+    return tuple(int(d) for d in getattr(t, "shape", ()))
+
+
+def load_weights(
+    model: nn.Module,
+    state_dict_or_path: Mapping[str, Any] | str | os.PathLike[str],
+    *,
+    strict: bool = True,
+) -> nn.Module:
+    """Load weights into ``model`` in place and return it.
+
+    Raises ``ValueError`` listing missing keys, unexpected keys (both only when ``strict``) and
+    every shape mismatch (always: such a tensor cannot be loaded) as
+    ``name: checkpoint (a, b) vs model (c, d)``.
+    """
+    source = state_dict_or_path
+    is_path = isinstance(source, str | os.PathLike)
+    where = f"checkpoint {os.fspath(source)!r}" if is_path else "state dict"  # type: ignore[arg-type]
+    state = read_checkpoint(source)
+    expected = model.state_dict()
+    # BatchNorm fills a missing num_batches_tracked itself; old checkpoints lack it.
+    missing = [k for k in expected if k not in state and not k.endswith(".num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [
+        f"{k}: checkpoint {_shape(state[k])} vs model {_shape(v)}"
+        for k, v in expected.items()
+        if k in state and _shape(state[k]) != _shape(v)
+    ]
+    problems = []
+    if strict and missing:
+        problems.append(f"missing keys ({len(missing)}): {_listing(missing)}")
+    if strict and unexpected:
+        problems.append(f"unexpected keys ({len(unexpected)}): {_listing(unexpected)}")
+    if mismatched:
+        problems.append(f"shape mismatches ({len(mismatched)}):\n    " + "\n    ".join(mismatched))
+    if problems:
+        raise ValueError(
+            f"{where} does not fit {type(model).__name__}:\n  " + "\n  ".join(problems)
+        )
+    model.load_state_dict(state, strict=strict)
+    return model

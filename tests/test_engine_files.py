@@ -1,0 +1,185 @@
+"""Merging files: formats in and out, the record kept beside the output, determinism."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from ckpt_helpers import finetunes, random_state
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+import mergelab.engine as engine
+from mergelab.engine import merge, open_recipe
+from mergelab.io import SafetensorsFile, load_state_dict, save_state_dict
+from mergelab.recipe import Recipe
+
+
+@pytest.fixture
+def setup(write_st):
+    base = random_state(0)
+    base["bn.num_batches_tracked"] = np.array(17, dtype=np.int64)
+    models = finetunes({k: v for k, v in base.items() if v.dtype != np.int64}, 3)
+    for i, m in enumerate(models):
+        m["bn.num_batches_tracked"] = np.array(100 + i, dtype=np.int64)
+    return (
+        base,
+        models,
+        write_st("base", base),
+        [write_st(f"m{i}", m) for i, m in enumerate(models)],
+    )
+
+
+def sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_ties_file_merge_matches_in_memory_and_copies_integers(setup, tmp_path):
+    base, models, base_path, paths = setup
+    r = Recipe(
+        merge_method="ties",
+        base_model=str(base_path),
+        models=[{"model": str(p), "parameters": {"density": 0.4}} for p in paths],
+        parameters={"lambda": 0.8},
+    )
+    out = merge(r, tmp_path / "merged.safetensors", progress=False)
+    got = load_file(str(out))
+    expected = engine.merge_state_dicts(
+        "ties", models, base, params={"lambda": 0.8}, model_params=[{"density": 0.4}] * 3
+    )
+    for name in base:
+        np.testing.assert_array_equal(got[name].numpy(), expected[name])
+    assert int(got["bn.num_batches_tracked"]) == 100  # the first model's, not an average
+
+
+def test_same_recipe_gives_the_same_bytes_and_the_record_repeats_it(setup, tmp_path, monkeypatch):
+    _, _, base_path, paths = setup
+    r = Recipe(
+        merge_method="dare_ties",
+        base_model=str(base_path),
+        models=[str(p) for p in paths],
+        parameters={"density": 0.5, "seed": 7},
+    )
+    first = merge(r, tmp_path / "a.safetensors", progress=False)
+    second = merge(r, tmp_path / "b.safetensors", progress=False)
+    assert sha(first) == sha(second)
+    record = tmp_path / "a.mergelab.yaml"
+    assert record.is_file()
+    text = record.read_text()
+    assert text.startswith("# mergelab ")
+    saved = yaml.safe_load(text)
+    assert saved["merge_method"] == "dare_ties" and saved["parameters"]["seed"] == 7
+    monkeypatch.chdir(tmp_path.parent)  # absolute paths: the record reruns from anywhere
+    again = merge(record, tmp_path / "c.safetensors", progress=False)
+    assert sha(again) == sha(first)
+    with safe_open(str(first), "np") as f:
+        meta = f.metadata()
+    assert json.loads(meta["mergelab.recipe"])["merge_method"] == "dare_ties"
+    assert "numpy" in json.loads(meta["mergelab.versions"])
+
+
+def test_folder_output_is_sharded_and_loadable(setup, tmp_path):
+    base, models, _, paths = setup
+    r = Recipe(merge_method="linear", models=[str(p) for p in paths])
+    out = merge(r, tmp_path / "merged", max_shard_bytes=200, progress=False)
+    assert (out / "model.safetensors.index.json").is_file()
+    assert (out / "mergelab.yaml").is_file()
+    assert len(list(out.glob("model-*.safetensors"))) > 2
+    merged = load_state_dict(out)
+    for name in base:
+        if name != "bn.num_batches_tracked":
+            expected = np.mean([m[name] for m in models], axis=0)
+            np.testing.assert_allclose(merged[name].numpy(), expected, rtol=1e-6)
+
+
+def test_inputs_in_every_format(setup, tmp_path):
+    _base, models, _, paths = setup
+    torch_state = {k: torch.from_numpy(v) for k, v in models[1].items()}
+    torch.save(
+        {"state_dict": {f"module.{k}": v for k, v in torch_state.items()}}, tmp_path / "m1.pt"
+    )
+    hf = tmp_path / "hf-model"
+    hf.mkdir()
+    (hf / "config.json").write_text("{}")
+    save_state_dict(models[2], hf / "model.safetensors")
+    r = Recipe(merge_method="linear", models=[str(paths[0]), str(tmp_path / "m1.pt"), str(hf)])
+    got = load_file(str(merge(r, tmp_path / "o.safetensors", progress=False)))
+    reference = load_file(
+        str(
+            merge(
+                Recipe(merge_method="linear", models=[str(p) for p in paths]),
+                tmp_path / "ref.safetensors",
+                progress=False,
+            )
+        )
+    )
+    assert all(torch.equal(got[k], reference[k]) for k in reference)
+
+
+def test_bf16_inputs_stay_bf16(write_st, tmp_path):
+    a = {k: torch.from_numpy(v).bfloat16() for k, v in random_state(1).items()}
+    b = {k: torch.from_numpy(v).bfloat16() for k, v in random_state(2).items()}
+    pa, pb = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    save_state_dict(a, pa)
+    save_state_dict(b, pb)
+    out = load_file(
+        str(
+            merge(
+                Recipe(merge_method="linear", models=[str(pa), str(pb)]),
+                tmp_path / "o.safetensors",
+                progress=False,
+            )
+        )
+    )
+    for name in a:
+        assert out[name].dtype == torch.bfloat16
+        expected = ((a[name].float() + b[name].float()) / 2).bfloat16()
+        assert torch.equal(out[name], expected)
+
+
+def test_base_listed_among_models_is_not_merged_twice(setup):
+    _, _, base_path, paths = setup
+    r = Recipe(
+        merge_method="task_arithmetic",
+        base_model=str(base_path),
+        models=[str(base_path), *map(str, paths)],
+    )
+    plan = open_recipe(r)
+    assert len(plan.models) == 3
+    assert any("is the base" in n for n in plan.notes)
+
+
+def test_dry_run_reads_no_tensor_data(setup, monkeypatch):
+    _, _, base_path, paths = setup
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("tensor data was read")
+
+    monkeypatch.setattr(SafetensorsFile, "read", forbidden)
+    plan = open_recipe(
+        Recipe(
+            merge_method="ties",
+            base_model=str(base_path),
+            models=[str(p) for p in paths],
+            parameters={"density": 0.2},
+        )
+    )
+    text = plan.describe()
+    assert "ties" in text and "copied from the first model" in text
+    assert plan.bytes_read > 0 and plan.bytes_written > 0 and plan.peak_bytes_estimate() > 0
+
+
+def test_recipe_rejects_schedules_and_unknown_keys(tmp_path):
+    from mergelab.errors import MergeError
+
+    bad = tmp_path / "r.yaml"
+    bad.write_text("merge_method: ties\nmodels: [a]\nparameters: {density: [0.1, 0.5]}\n")
+    with pytest.raises(MergeError, match=r"parameters\.density: per-layer schedules"):
+        Recipe.from_yaml(bad)
+    bad.write_text("merge_method: ties\nmodels: [a]\nslices: []\n")
+    with pytest.raises(MergeError, match=r"r\.yaml: invalid recipe:\n  slices: Extra inputs"):
+        Recipe.from_yaml(bad)
