@@ -177,9 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Combine trained networks: merge in weight space, ensemble in feature space.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    from mergelab.compare_cli import add_compare_parser
+
     _merge_parser(sub)
     _methods_parser(sub)
     _demo_parser(sub)
+    add_compare_parser(sub)
     return parser
 
 

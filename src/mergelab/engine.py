@@ -42,6 +42,7 @@ from mergelab.recipe import Recipe
 
 CHUNK_ELEMENTS = 1 << 20  # 4 MiB of float32 per input; the DARE mask block divides it
 DEFAULT_SHARD_BYTES = 5 * 1024**3
+PREFETCH_MIN_BYTES = 64 * 1024**2  # below this, reading ahead in a thread costs more than it saves
 MAX_LISTED = 20
 
 
@@ -363,8 +364,8 @@ class _Slots:
     """Reusable input buffers (one stack of model chunks plus a base chunk per slot): filling
     fresh memory for every chunk costs page faults that rival the copy itself."""
 
-    def __init__(self, n_models: int, has_base: bool) -> None:
-        self.n_models, self.has_base = n_models, has_base
+    def __init__(self, n_models: int, has_base: bool, size: int) -> None:
+        self.n_models, self.has_base, self.size = n_models, has_base, size
         self.free: dict[np.dtype, queue.SimpleQueue] = {}
 
     def take(self, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray | None]:
@@ -372,8 +373,8 @@ class _Slots:
         try:
             return pool.get_nowait()
         except queue.Empty:
-            stack = np.empty((self.n_models, CHUNK_ELEMENTS), dtype=dtype)
-            base = np.empty(CHUNK_ELEMENTS, dtype=dtype) if self.has_base else None
+            stack = np.empty((self.n_models, self.size), dtype=dtype)
+            base = np.empty(self.size, dtype=dtype) if self.has_base else None
             return stack, base
 
     def give(self, slot: tuple[np.ndarray, np.ndarray | None]) -> None:
@@ -393,8 +394,9 @@ def execute(plan: MergePlan, sink: Sink, *, progress: bool = True) -> None:
         dynamic_ncols=True,
     )
     reader = _Reader(plan, bar)
-    slots = _Slots(len(plan.models), plan.base is not None)
     merged = [t for t in plan.tensors if t.merged]
+    largest = max((t.numel for t in merged), default=0)
+    slots = _Slots(len(plan.models), plan.base is not None, min(largest, CHUNK_ELEMENTS))
     model_stats = None
     if method.uses_model_statistics:
 
@@ -441,14 +443,28 @@ def execute(plan: MergePlan, sink: Sink, *, progress: bool = True) -> None:
         for t in plan.tensors
         for start, stop in _chunks(t.numel, not method.elementwise or not t.merged)
     ]
+    # Reading ahead in a thread pays off for files; for small in-memory merges (soups in a
+    # study) the thread hand-offs cost more than the work.
+    in_memory = all(isinstance(c, ArrayCheckpoint) for c in plan.inputs)
+    background = plan.bytes_read > PREFETCH_MIN_BYTES and not in_memory
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mergelab-read") as pool:
-            upcoming: Future | None = pool.submit(load, work[0]) if work else None
+
+            def fetch(index: int) -> Future | None:
+                if index >= len(work):
+                    return None
+                if background:
+                    return pool.submit(load, work[index])
+                done: Future = Future()
+                done.set_result(load(work[index]))
+                return done
+
+            upcoming = fetch(0)
             stats_for, stats = None, None
             for index, (t, start, _) in enumerate(work):
                 assert upcoming is not None
                 loaded = upcoming.result()
-                upcoming = pool.submit(load, work[index + 1]) if index + 1 < len(work) else None
+                upcoming = fetch(index + 1)
                 if not t.merged:
                     bar.update(loaded.nbytes)
                     sink.write(t.name, start, loaded)

@@ -33,7 +33,8 @@ class Linear(MergeMethod):
 
     def merge(self, tensors: np.ndarray, base: np.ndarray | None, ctx: TensorContext) -> np.ndarray:
         w = self.weights(tensors)
-        np.multiply(tensors, w, out=tensors)
+        if np.any(w != 1):
+            np.multiply(tensors, w, out=tensors)
         out = tensors.sum(axis=0)
         if self.params.normalize:
             out /= w.sum()

@@ -1,0 +1,128 @@
+"""The ``mergelab compare`` sub-command (registered by ``mergelab.cli``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from mergelab.errors import MergeError
+
+__all__ = ["add_compare_parser", "format_table"]
+
+
+def add_compare_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``compare`` to the ``mergelab`` sub-commands."""
+    p = subparsers.add_parser(
+        "compare",
+        help="evaluate checkpoints once, then score every soup and ensemble of them",
+        description=(
+            "Evaluate each checkpoint once on val and test (outputs cached by content), then "
+            "compare Uniform/Greedy Soup and logit/feature ensembles; selection uses val only. "
+            "Example: mergelab compare --arch resnet18 --num-classes 100 "
+            "--data cifar100:PATH --models ckpts/*.safetensors --out DIR"
+        ),
+    )
+    p.add_argument("--arch", required=True, help="architecture (built-in, tv:NAME, timm:NAME)")
+    p.add_argument("--num-classes", type=int, help="classes (default: the dataset's)")
+    p.add_argument("--data", required=True, help="dataset spec, e.g. digits or cifar100:PATH")
+    p.add_argument("--models", nargs="+", required=True, metavar="CKPT", help="checkpoints")
+    p.add_argument("--out", help="folder for results.csv and results.json")
+    p.add_argument("--head", help="dotted name of the final nn.Linear (guessed by default)")
+    p.add_argument("--img-size", type=int, help="model input side (default: the dataset's)")
+    p.add_argument("--in-chans", type=int, help="model input channels (default: the dataset's)")
+    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
+    p.add_argument("--seed", type=int, default=0, help="seed of the dataset's splits")
+    p.add_argument(
+        "--strict-greedy", action="store_true", help="greedy: keep a model only if val improves"
+    )
+    p.add_argument(
+        "--members",
+        choices=("own", "soup"),
+        default="own",
+        help="greedy ensembles: own greedy search, or the greedy soup's members",
+    )
+    p.add_argument(
+        "--bn-recalibrate",
+        action="store_true",
+        help="re-estimate BatchNorm statistics of merged models on train data",
+    )
+    p.add_argument("--cache-dir", help="cached outputs (default: $MERGELAB_CACHE or ~/.cache)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(run=_run_compare)
+
+
+def _si(n: float) -> str:
+    for factor, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= factor:
+            return f"{n / factor:.2f}{suffix}"
+    return f"{n:.0f}"
+
+
+def format_table(frame: Any) -> str:
+    """One line per method (and per individual model): val/test primary metric, test NLL and
+    ECE, parameters, FLOPs per image, members."""
+    primary = next(m for m in frame["metric"].unique() if m not in ("nll", "ece"))
+    columns = [("val", primary), ("test", primary), ("test", "nll"), ("test", "ece")]
+    lines = []
+    header = (
+        f"{'method':<20} {'members':<24} "
+        + " ".join(f"{s + ' ' + m:>13}" for s, m in columns)
+        + f" {'params':>9} {'FLOPs':>9}"
+    )
+    lines.append(header)
+    lines.append("-" * len(header))
+    keys = list(dict.fromkeys(zip(frame["method"], frame["members"], strict=True)))
+    for method, members in keys:
+        rows = frame[(frame["method"] == method) & (frame["members"] == members)]
+        values = []
+        for split, metric in columns:
+            hit = rows[(rows["split"] == split) & (rows["metric"] == metric)]["value"]
+            values.append(f"{hit.iloc[0]:>13.4f}" if len(hit) else f"{'-':>13}")
+        n_all = rows["n_models"].iloc[0]
+        label = members if len(members) <= 24 else f"{rows['n_members'].iloc[0]} of {n_all}"
+        lines.append(
+            f"{method:<20} {label:<24} "
+            + " ".join(values)
+            + f" {_si(rows['params'].iloc[0]):>9} {_si(rows['flops'].iloc[0]):>9}"
+        )
+    return "\n".join(lines)
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from mergelab.compare import run_compare
+
+    if args.batch_size < 1:
+        raise MergeError(f"--batch-size must be positive, got {args.batch_size}")
+    report = run_compare(
+        args.models,
+        arch=args.arch,
+        num_classes=args.num_classes,
+        data=args.data,
+        out=args.out,
+        head=args.head,
+        img_size=args.img_size,
+        in_chans=args.in_chans,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        strict_greedy=args.strict_greedy,
+        members=args.members,
+        bn_recalibrate=args.bn_recalibrate,
+        cache_dir=args.cache_dir,
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
+    frame = report.frame
+    info = frame.iloc[0]
+    print(f"{info['dataset']} / {info['arch']}: {info['n_models']} models, selection on val")
+    print(format_table(frame))
+    p = report.passes
+    print(
+        f"forward passes: {p['model']['passes']} model, {p['soup']['passes']} soup, "
+        f"{p['bn']['passes']} BatchNorm (one model over one split each; cached ones not run)"
+    )
+    for note in report.notes:
+        print(f"note: {note}")
+    print(f"cache       {report.cache_dir}")
+    for path in report.files:
+        print(f"wrote       {path}")
+    return 0

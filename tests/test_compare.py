@@ -1,0 +1,288 @@
+"""``compare``: tidy results, atomic files, no repeated passes, val-only selection, the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from mergelab.compare import EXTRA_COLUMNS, RESULT_COLUMNS, compare, run_compare
+from mergelab.compare_cli import add_compare_parser
+from mergelab.data import DatasetSplits, load_dataset
+from mergelab.data.dataset import SplitPart, make_info
+from mergelab.data.sources import ArraySource
+from mergelab.errors import MergeError
+from mergelab.evaluate import Evaluator, ModelSource, Outputs
+from mergelab.evaluate.toy import train_toy_models
+from mergelab.models import build_model
+
+COLUMNS = [
+    "study", "dataset", "arch", "n_models", "method", "magnitude", "split", "metric", "value",
+]  # fmt: skip
+METHODS = {
+    "Individual", "Perf Ave", "Best Individual", "Uniform Soup", "Greedy Soup", "Ens Logits",
+    "Ens Features", "Ens Features*", "Greedy Ens Logits", "Greedy Ens Features",
+}  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny models run fastest on one thread, and far faster than on two when other
+    processes share the cores."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def digits() -> DatasetSplits:
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="module")
+def ckpts(digits: DatasetSplits, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    sds = train_toy_models(digits, arch="mlp", n_models=3, steps=20, pretrain_steps=20)
+    folder = tmp_path_factory.mktemp("ckpts")
+    paths = []
+    for i, sd in enumerate(sds):
+        paths.append(folder / f"m{i}.safetensors")
+        save_file(sd, str(paths[-1]))
+    return paths
+
+
+def _run(digits: DatasetSplits, ckpts: list[Path], cache: Path, **kw) -> pd.DataFrame:
+    return compare(ckpts, arch="mlp", data=digits, cache_dir=cache, progress=False, **kw)
+
+
+def test_compare_returns_and_writes_tidy_rows(
+    digits: DatasetSplits, ckpts: list[Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    df = _run(digits, ckpts, tmp_path / "cache", out=out)
+    assert list(df.columns[:9]) == COLUMNS == list(RESULT_COLUMNS)
+    assert list(df.columns[9:]) == list(EXTRA_COLUMNS)
+    assert set(df["method"]) == METHODS
+    assert set(df["split"]) == {"val", "test"}
+    assert set(df["metric"]) == {"accuracy", "nll", "ece"}
+    assert (df["study"] == "compare").all() and (df["magnitude"] == 1.0).all()
+    assert (df["n_models"] == 3).all() and (df["dataset"] == "digits").all()
+    # 3 individual + 9 methods, x 2 splits x 3 metrics
+    assert len(df) == (3 + 9) * 2 * 3
+    assert sorted(p.name for p in out.iterdir()) == ["results.csv", "results.json"]
+    csv = pd.read_csv(out / "results.csv")
+    assert list(csv.columns) == list(df.columns)
+    np.testing.assert_allclose(csv["value"], df["value"])
+    records = json.loads((out / "results.json").read_text())
+    assert len(records) == len(df) and list(records[0]) == list(df.columns)
+    # Costs: a merge runs one model, an ensemble of k runs k.
+    one = df[df.method == "Individual"].iloc[0]
+    ens = df[df.method == "Ens Logits"].iloc[0]
+    assert (ens["params"], ens["flops"]) == (3 * one["params"], 3 * one["flops"])
+    soup = df[df.method == "Uniform Soup"].iloc[0]
+    assert (soup["params"], soup["flops"]) == (one["params"], one["flops"])
+    model = build_model("mlp", 10, in_chans=1, img_size=8)
+    assert one["params"] == sum(p.numel() for p in model.parameters())
+    # Perf Ave is the mean of the individual values.
+    test_acc = df[(df.split == "test") & (df.metric == "accuracy")]
+    ave = test_acc[test_acc.method == "Perf Ave"]["value"].item()
+    assert ave == pytest.approx(test_acc[test_acc.method == "Individual"]["value"].mean())
+
+
+def test_results_are_replaced_atomically(
+    digits: DatasetSplits, ckpts: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    real_replace = os.replace
+    calls: list[tuple[str, str]] = []
+
+    def spy(src: str, dst: str) -> None:
+        calls.append((str(src), str(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy)
+    _run(digits, ckpts, cache, out=out)
+    written = [(Path(s), Path(d)) for s, d in calls if Path(d).parent == out]
+    assert {d.name for _, d in written} == {"results.csv", "results.json"}
+    assert all(s.parent == out and s.name.startswith(f".{d.name}.") for s, d in written)
+
+    (out / "results.csv").write_text("old\n")
+
+    def failing(src: str, dst: str) -> None:
+        if Path(dst).name == "results.csv":
+            raise OSError("disk full")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing)
+    with pytest.raises(OSError, match="disk full"):
+        _run(digits, ckpts, cache, out=out)
+    assert (out / "results.csv").read_text() == "old\n"
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_second_comparison_runs_no_forward_pass(
+    digits: DatasetSplits, ckpts: list[Path], tmp_path: Path
+) -> None:
+    first = run_compare(ckpts, arch="mlp", data=digits, cache_dir=tmp_path, progress=False)
+    assert first.passes["model"]["passes"] == 2 * len(ckpts)  # val + test per model
+    assert first.passes["soup"]["passes"] >= 2  # the uniform soup at least
+    second = run_compare(ckpts, arch="mlp", data=digits, cache_dir=tmp_path, progress=False)
+    assert second.evaluator.counter.records == []
+    assert all(v["passes"] == 0 for v in second.passes.values())
+    assert (second.frame["forward_passes"] == 0).all()
+    pd.testing.assert_series_equal(first.frame["value"], second.frame["value"])
+
+
+def test_wrong_checkpoint_for_the_arch_is_the_load_weights_error(
+    digits: DatasetSplits, ckpts: list[Path], tmp_path: Path
+) -> None:
+    bad = tmp_path / "cnn.safetensors"
+    save_file(build_model("cnn", 10, in_chans=1, img_size=8).state_dict(), str(bad))
+    with pytest.raises(MergeError) as err:
+        _run(digits, [ckpts[0], bad], tmp_path / "cache")
+    msg = str(err.value)
+    assert "cnn.safetensors" in msg and "does not fit" in msg and "missing keys" in msg
+    assert "layers.0.weight" in msg  # load_weights lists every key the model misses
+
+
+def test_selection_is_made_on_val_when_val_and_test_disagree(
+    digits: DatasetSplits, ckpts: list[Path], tmp_path: Path
+) -> None:
+    """Seed the cache with outputs where the best model on val is the worst on test."""
+    ev = Evaluator(digits, arch="mlp", cache_dir=tmp_path, progress=False)
+    eye = np.eye(10, dtype=np.float32)
+    y = {s: ev.targets(s) for s in ("val", "test")}
+    right = {s: 5 * eye[y[s]] for s in y}
+    wrong = {s: 5 * eye[(y[s] + 1) % 10] for s in y}
+    plan = [  # (val, test) per model
+        (right["val"], wrong["test"]),
+        (wrong["val"], right["test"]),
+        (wrong["val"], right["test"]),
+    ]
+    for path, logits in zip(ckpts, plan, strict=True):
+        src = ModelSource.of(path)
+        for split, z in zip(("val", "test"), logits, strict=True):
+            key = ev.cache_key(src, split)
+            ev.cache.put(Outputs(z, np.zeros((len(z), 128), np.float32), y[split], split, key))
+    df = _run(digits, ckpts, tmp_path)
+    acc = df[df.metric == "accuracy"].set_index(["method", "split"])["value"]
+    best = df[(df.method == "Best Individual")]
+    assert set(best["members"]) == {"m0"}
+    assert acc[("Best Individual", "val")] == 1.0
+    assert acc[("Best Individual", "test")] == 0.0  # the val choice, reported on test
+    greedy = df[df.method == "Greedy Ens Logits"]
+    assert set(greedy["members"]) == {"m0"}
+    assert acc[("Greedy Ens Logits", "test")] == 0.0
+
+
+def _multilabel_splits(n: int = 300, seed: int = 0) -> DatasetSplits:
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=(n, 1, 8, 8), dtype=np.uint8)
+    quads = [images[:, 0, :4, :4], images[:, 0, :4, 4:], images[:, 0, 4:, :4]]
+    targets = np.zeros((n, 4), dtype=np.float32)
+    for j, q in enumerate(quads):
+        targets[:, j] = q.mean(axis=(1, 2)) > 127.5
+    # label 3 is never present: AUROC must skip it and say so
+    source = ArraySource(images, targets, scale=255.0)
+    idx = np.arange(n)
+    parts = {"train": idx[:200], "val": idx[200:250], "test": idx[250:]}
+    mean, std = source.channel_stats(parts["train"])
+    info = make_info(
+        name="fake_multilabel", num_classes=4, channels=1, image_size=(8, 8),
+        multilabel=True, mean=mean, std=std,
+    )
+    return DatasetSplits(info, {k: SplitPart(source, v) for k, v in parts.items()})
+
+
+def test_multilabel_data_reports_mean_auroc(tmp_path: Path) -> None:
+    splits = _multilabel_splits()
+    sds = train_toy_models(splits, arch="mlp", n_models=2, steps=20, pretrain_steps=40)
+    report = run_compare(sds, arch="mlp", data=splits, cache_dir=tmp_path, progress=False)
+    df = report.frame
+    assert set(df["metric"]) == {"auroc", "nll", "ece"}
+    auroc = df[(df.metric == "auroc") & (df.split == "test")].set_index("method")["value"]
+    assert auroc["Ens Logits"] > 0.7  # the three learnable labels are learnt
+    assert any("skipped 1 label(s)" in n and "3" in n for n in report.notes)
+    ens = report.combinations["Ens Logits"].logits["test"]
+    mean = np.mean([i.outputs["test"].logits for i in report.ingredients], axis=0)
+    np.testing.assert_allclose(ens, mean, rtol=1e-6)  # multi-label: logits averaged too
+
+
+def test_input_spec_follows_in_chans_and_img_size(
+    digits: DatasetSplits, tmp_path: Path
+) -> None:
+    model = build_model("mlp", 10, in_chans=3, img_size=16)
+    report = run_compare(
+        [model.state_dict()], arch="mlp", data=digits, in_chans=3, img_size=16,
+        cache_dir=tmp_path, progress=False,
+    )
+    assert report.evaluator.input_shape == (3, 16, 16)
+    assert all("-c3s16n-" in p.name for p in tmp_path.iterdir())
+    ones = report.frame[report.frame.method == "Individual"]
+    assert ones["params"].iloc[0] == sum(p.numel() for p in model.parameters())
+    with pytest.raises(MergeError, match="does not fit"):  # native 1x8x8 input: wrong size
+        run_compare(
+            [model.state_dict()], arch="mlp", data=digits, cache_dir=tmp_path, progress=False
+        )
+
+
+def test_user_errors(digits: DatasetSplits, ckpts: list[Path], tmp_path: Path) -> None:
+    with pytest.raises(MergeError, match="num_classes=7"):
+        _run(digits, ckpts, tmp_path, num_classes=7)
+    with pytest.raises(MergeError, match="members"):
+        _run(digits, ckpts, tmp_path, members="best")
+    with pytest.raises(MergeError, match="no such file"):
+        _run(digits, [tmp_path / "missing.safetensors"], tmp_path)
+    with pytest.raises(MergeError, match="at least one model"):
+        _run(digits, [], tmp_path)
+
+
+def test_cli_prints_a_table_and_the_files(
+    ckpts: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parser = argparse.ArgumentParser(prog="mergelab")
+    add_compare_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(
+        [
+            "compare", "--arch", "mlp", "--data", "digits", "--models", *map(str, ckpts),
+            "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "c"),
+            "--members", "soup", "--strict-greedy", "--no-progress",
+        ]
+    )  # fmt: skip
+    assert args.run(args) == 0
+    text = capsys.readouterr().out
+    for word in ("Greedy Soup", "Ens Features*", "test accuracy", "params", "FLOPs", "m0"):
+        assert word in text
+    assert str(tmp_path / "out" / "results.csv") in text
+    df = pd.read_csv(tmp_path / "out" / "results.csv")
+    soup = set(df[df.method == "Greedy Soup"]["members"])
+    assert set(df[df.method == "Greedy Ens Logits"]["members"]) == soup
+    bad = parser.parse_args(
+        ["compare", "--arch", "mlp", "--data", "nosuchset", "--models", str(ckpts[0])]
+    )
+    with pytest.raises(MergeError, match="unknown dataset"):
+        bad.run(bad)
+
+
+def test_in_memory_state_dicts_are_cached_by_content(
+    digits: DatasetSplits, ckpts: list[Path], tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file
+
+    sds = [load_file(str(p)) for p in ckpts]
+    first = run_compare(sds, arch="mlp", data=digits, cache_dir=tmp_path, progress=False)
+    assert first.passes["model"]["passes"] == 6
+    clones = [{k: v.clone() for k, v in sd.items()} for sd in sds]  # new objects, same bytes
+    again = run_compare(clones, arch="mlp", data=digits, cache_dir=tmp_path, progress=False)
+    assert again.passes["model"]["passes"] == 0
+    changed = [dict(c) for c in clones]
+    changed[0]["head.bias"] = changed[0]["head.bias"] + 0.5
+    third = run_compare(changed, arch="mlp", data=digits, cache_dir=tmp_path, progress=False)
+    assert third.passes["model"]["passes"] == 2  # only the changed model, on val and test
