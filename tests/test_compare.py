@@ -195,8 +195,13 @@ def _multilabel_splits(n: int = 300, seed: int = 0) -> DatasetSplits:
     parts = {"train": idx[:200], "val": idx[200:250], "test": idx[250:]}
     mean, std = source.channel_stats(parts["train"])
     info = make_info(
-        name="fake_multilabel", num_classes=4, channels=1, image_size=(8, 8),
-        multilabel=True, mean=mean, std=std,
+        name="fake_multilabel",
+        num_classes=4,
+        channels=1,
+        image_size=(8, 8),
+        multilabel=True,
+        mean=mean,
+        std=std,
     )
     return DatasetSplits(info, {k: SplitPart(source, v) for k, v in parts.items()})
 
@@ -215,13 +220,16 @@ def test_multilabel_data_reports_mean_auroc(tmp_path: Path) -> None:
     np.testing.assert_allclose(ens, mean, rtol=1e-6)  # multi-label: logits averaged too
 
 
-def test_input_spec_follows_in_chans_and_img_size(
-    digits: DatasetSplits, tmp_path: Path
-) -> None:
+def test_input_spec_follows_in_chans_and_img_size(digits: DatasetSplits, tmp_path: Path) -> None:
     model = build_model("mlp", 10, in_chans=3, img_size=16)
     report = run_compare(
-        [model.state_dict()], arch="mlp", data=digits, in_chans=3, img_size=16,
-        cache_dir=tmp_path, progress=False,
+        [model.state_dict()],
+        arch="mlp",
+        data=digits,
+        in_chans=3,
+        img_size=16,
+        cache_dir=tmp_path,
+        progress=False,
     )
     assert report.evaluator.input_shape == (3, 16, 16)
     assert all("-c3s16n-" in p.name for p in tmp_path.iterdir())

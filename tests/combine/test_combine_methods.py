@@ -159,9 +159,7 @@ def _fake(logits: np.ndarray, targets: np.ndarray, split: str, tag: str) -> Outp
     return Outputs(logits, np.zeros((len(logits), 128), np.float32), targets, split, tag)
 
 
-def test_selection_uses_val_only_when_val_and_test_disagree(
-    digits: DatasetSplits, mlps
-) -> None:
+def test_selection_uses_val_only_when_val_and_test_disagree(digits: DatasetSplits, mlps) -> None:
     y = {s: digits.split(s).targets.numpy() for s in SPLITS}
     eye = np.eye(10, dtype=np.float32)
 
@@ -218,7 +216,11 @@ def test_bn_recalibration_of_merged_models_is_counted(digits: DatasetSplits) -> 
     from mergelab.evaluate.toy import train_toy_models
 
     nets = train_toy_models(
-        digits, arch="resnet_small", n_models=2, steps=3, pretrain_steps=5,
+        digits,
+        arch="resnet_small",
+        n_models=2,
+        steps=3,
+        pretrain_steps=5,
         model_kwargs={"widths": (8, 8, 8)},
     )
     kw = {"arch": "resnet_small", "model_kwargs": {"widths": (8, 8, 8)}}
