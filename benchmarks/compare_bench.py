@@ -65,8 +65,12 @@ def main(argv: list[str] | None = None) -> int:
         splits = load_dataset(args.data)
         t1 = time.perf_counter()
         sds = train_toy_models(
-            splits, arch=args.arch, n_models=args.n_models, steps=args.steps,
-            pretrain_steps=args.pretrain_steps, seed=0,
+            splits,
+            arch=args.arch,
+            n_models=args.n_models,
+            steps=args.steps,
+            pretrain_steps=args.pretrain_steps,
+            seed=0,
         )
         ckpt_dir = work / "ckpts"
         ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -89,12 +93,21 @@ def main(argv: list[str] | None = None) -> int:
     counter = first.evaluator.counter
     a_t, b_t, c_t = median("evaluate"), median("combine"), median("soup_passes")
     sizes = {s: splits.size(s) for s in ("train", "val", "test")}
-    print(f"dataset {splits.info.name} {sizes}, arch {args.arch}, {args.n_models} models, "
-          f"device {first.evaluator.device}, torch threads {torch.get_num_threads()}")
+    print(
+        f"dataset {splits.info.name} {sizes}, arch {args.arch}, {args.n_models} models, "
+        f"device {first.evaluator.device}, torch threads {torch.get_num_threads()}"
+    )
     print(f"setup: load data {t1 - t0:.2f} s, train {args.n_models} models {t2 - t1:.2f} s")
     print(f"first runs (empty cache; wall times are medians of {args.repeat} runs):")
-    print(_line("(a) evaluate models on val+test", counter.passes("model"),
-                counter.batches("model"), counter.samples("model"), a_t))
+    print(
+        _line(
+            "(a) evaluate models on val+test",
+            counter.passes("model"),
+            counter.batches("model"),
+            counter.samples("model"),
+            a_t,
+        )
+    )
     soup = ("soup", "bn")
     c_pass = sum(counter.passes(k) for k in soup)
     c_batch = sum(counter.batches(k) for k in soup)
@@ -102,27 +115,36 @@ def main(argv: list[str] | None = None) -> int:
     print(_line("(b) all combinations together", c_pass, c_batch, c_samp, b_t))
     print(_line("(c) merged models' own passes", c_pass, c_batch, c_samp, c_t))
     greedy = first.combinations["Greedy Soup"]
-    print(f"      greedy soup: {len(greedy.steps)} candidates on val, kept "
-          f"{len(greedy.members)} models; final soups on test: "
-          f"{counter.passes('soup', 'test')}")
+    print(
+        f"      greedy soup: {len(greedy.steps)} candidates on val, kept "
+        f"{len(greedy.members)} models; final soups on test: "
+        f"{counter.passes('soup', 'test')}"
+    )
     per = ", ".join(
         f"{m} {statistics.median(r.combinations[m].seconds for r in runs) * 1e3:.1f}"
         for m in first.combinations
     )
     print(f"      per method (ms): {per}")
-    print(f"      outside the passes in (b): {(b_t - c_t) * 1e3:.1f} ms "
-          f"(merging, hashing, ensembles, greedy scoring)")
+    print(
+        f"      outside the passes in (b): {(b_t - c_t) * 1e3:.1f} ms "
+        f"(merging, hashing, ensembles, greedy scoring)"
+    )
     ratio = b_t / (a_t + c_t)
     verdict = "ok" if ratio <= RATIO_LIMIT else f"ABOVE {RATIO_LIMIT}"
-    print(f"ratio (b) / ((a) + (c)) = {b_t:.3f} / ({a_t:.3f} + {c_t:.3f}) = {ratio:.2f}  "
-          f"[{verdict}]")
-    print(f"cost counting (params, FLOPs) {median('cost') * 1e3:.1f} ms, "
-          f"total {median('total'):.2f} s")
+    print(
+        f"ratio (b) / ((a) + (c)) = {b_t:.3f} / ({a_t:.3f} + {c_t:.3f}) = {ratio:.2f}  [{verdict}]"
+    )
+    print(
+        f"cost counting (params, FLOPs) {median('cost') * 1e3:.1f} ms, "
+        f"total {median('total'):.2f} s"
+    )
     p2 = second.passes
     n2 = sum(v["passes"] for v in p2.values())
-    print(f"second run (same checkpoints, warm cache): {n2} forward passes, evaluate "
-          f"{second.timings['evaluate'] * 1e3:.1f} ms, combine "
-          f"{second.timings['combine'] * 1e3:.1f} ms, total {second.timings['total']:.2f} s")
+    print(
+        f"second run (same checkpoints, warm cache): {n2} forward passes, evaluate "
+        f"{second.timings['evaluate'] * 1e3:.1f} ms, combine "
+        f"{second.timings['combine'] * 1e3:.1f} ms, total {second.timings['total']:.2f} s"
+    )
     print()
     print(format_table(first.frame))
     return 0 if ratio <= RATIO_LIMIT and n2 == 0 else 1

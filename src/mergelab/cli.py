@@ -178,11 +178,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     from mergelab.compare_cli import add_compare_parser
+    from mergelab.study_cli import add_study_parser
+    from mergelab.train_cli import add_train_parser
 
+    add_study_parser(sub)
     _merge_parser(sub)
     _methods_parser(sub)
-    _demo_parser(sub)
     add_compare_parser(sub)
+    add_train_parser(sub)
+    _demo_parser(sub)
     return parser
 
 

@@ -31,6 +31,7 @@ from mergelab.evaluate import (
     default_cache_dir,
     primary_metric,
 )
+from mergelab.results import RESULT_COLUMNS
 
 __all__ = [
     "EXTRA_COLUMNS",
@@ -43,17 +44,6 @@ __all__ = [
 
 STUDY = "compare"
 SPLITS = ("val", "test")
-RESULT_COLUMNS = (
-    "study",
-    "dataset",
-    "arch",
-    "n_models",
-    "method",
-    "magnitude",
-    "split",
-    "metric",
-    "value",
-)
 EXTRA_COLUMNS = (
     "kind",
     "n_members",

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from mergelab.errors import MergeError
+from mergelab.yamlfile import read_mapping, validate
 
 Scalar = float | int | bool | str
 
@@ -56,19 +57,9 @@ class Recipe(BaseModel):
     @classmethod
     def from_yaml(cls, path: str | Path) -> Recipe:
         path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text())
-        except OSError as exc:
-            raise MergeError(f"{path}: cannot read recipe ({exc.strerror})") from None
-        except yaml.YAMLError as exc:
-            raise MergeError(f"{path}: not valid YAML ({exc})") from None
-        if not isinstance(data, dict):
-            raise MergeError(f"{path}: a recipe is a YAML mapping with merge_method and models")
+        data = read_mapping(path, "recipe")
         _reject_schedules(data, path)
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            raise MergeError(f"{path}: invalid recipe:\n{_format(exc)}") from None
+        return validate(cls, data, path, "recipe")
 
     def to_yaml(self, header: str = "") -> str:
         body = yaml.safe_dump(self.model_dump(exclude_defaults=True), sort_keys=False)
@@ -90,13 +81,6 @@ def _reject_schedules(data: dict, path: Path) -> None:
                     f"{path}: {where}.{name}: per-layer schedules and filters are not "
                     f"supported; give one number"
                 )
-
-
-def _format(exc: ValidationError) -> str:
-    return "\n".join(
-        f"  {'.'.join(str(p) for p in err['loc']) or '(recipe)'}: {err['msg']}"
-        for err in exc.errors()
-    )
 
 
 def parse_assignment(text: str) -> tuple[str, Scalar]:

@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mergelab.data import DatasetSplits, ImageSpec, as_tensors
@@ -31,20 +30,21 @@ def _train(
     seed: int,
     multilabel: bool,
 ) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    model.train()
-    for _ in range(steps):
-        idx = torch.randint(len(x), (batch_size,), generator=gen)
-        out = model(x[idx])
-        loss = (
-            F.binary_cross_entropy_with_logits(out, y[idx])
-            if multilabel
-            else F.cross_entropy(out, y[idx])
-        )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    """``steps`` of plain SGD (momentum 0.9, constant lr, no weight decay) through the
+    trainer of ``mergelab.train``; ``seed`` fixes the batch order."""
+    from mergelab.train import TrainConfig, fit
+
+    config = TrainConfig(
+        steps=steps,
+        lr=lr,
+        batch_size=batch_size,
+        optimizer="sgd",
+        momentum=0.9,
+        weight_decay=0.0,
+        schedule="constant",
+        data_seed=seed,
+    )
+    fit(model, x, y, config, multilabel=multilabel, progress=False)
     model.eval()
 
 

@@ -1,0 +1,151 @@
+"""What one training run is: a frozen, hashable description (``TrainConfig``).
+
+The hash of a config names its checkpoint in the cache, so it must change whenever the
+weights could: every field, the trainer's version, and the *content* of the starting
+checkpoint (not its path, which may move or be rewritten) all go into it.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = [
+    "TRAINER_VERSION",
+    "TrainConfig",
+    "TrainSettings",
+    "file_sha256",
+    "is_config_hash",
+]
+
+# Bump whenever the training loop changes what a config produces, so old caches are not reused.
+TRAINER_VERSION = 1
+
+_HASH = re.compile(r"[0-9a-f]{64}")
+
+
+def is_config_hash(text: str) -> bool:
+    """True for a 64-hex config hash that is not also an existing path."""
+    return bool(_HASH.fullmatch(text)) and not Path(text).exists()
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 of a file's bytes, remembered per (path, size, mtime) so reruns read it once."""
+    p = Path(path).expanduser().resolve()
+    st = p.stat()
+    return _sha256_cached(str(p), st.st_size, st.st_mtime_ns)
+
+
+class TrainSettings(BaseModel):
+    """Optimisation settings shared by single runs and by recipe sections.
+
+    Length is ``epochs`` (may be fractional) or ``steps``, not both; neither means 1 epoch.
+    One epoch is ``len(train) // batch_size`` steps (the last partial batch is dropped so
+    every step sees the same batch size, which BatchNorm likes).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(5e-4, ge=0)
+    epochs: float | None = Field(None, ge=0)
+    steps: int | None = Field(None, ge=0)
+    batch_size: int = Field(64, ge=1)
+    schedule: Literal["constant", "cosine", "step"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    step_milestones: tuple[float, ...] = (0.5, 0.75)
+    """``schedule: step``: fractions of the run after which the lr is multiplied by gamma."""
+    step_gamma: float = Field(0.1, gt=0, le=1)
+    augment: bool = False
+    """Random crop (zero padding) + optional flip; only applied to images >= 16 px."""
+    augment_flip: bool = True
+    """Horizontal flips when augmenting; turn off for digits and text-like images."""
+    augment_padding: int | None = Field(None, ge=0)
+    """Crop padding in pixels; None = side // 8 (4 px for 32, 3 for 28)."""
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    train_fraction: float = Field(1.0, gt=0, le=1)
+    """Train on a fixed class-stratified fraction of the split (e.g. a smaller pretraining)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_length(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            epochs, steps = data.get("epochs"), data.get("steps")
+            if epochs is not None and steps is not None:
+                raise ValueError("give epochs or steps, not both")
+            if epochs is None and steps is None:
+                data = {**data, "epochs": 1.0}
+        return data
+
+    @model_validator(mode="after")
+    def _check_milestones(self) -> TrainSettings:
+        if any(not 0 < m < 1 for m in self.step_milestones):
+            raise ValueError(f"step_milestones must lie in (0, 1), got {self.step_milestones}")
+        return self
+
+
+class TrainConfig(TrainSettings):
+    """One training run: data, model, optimisation, seeds and starting point.
+
+    ``seed`` fixes the initialisation and dropout; ``data_seed`` the batch order and the
+    augmentation. ``init`` is None (fresh seeded init), a checkpoint path, or the config hash
+    of another run in the same cache (how fine-tunes point at their pre-training).
+    """
+
+    dataset: str = "digits"
+    split: str = "train"
+    split_seed: int = 0
+    """Seed of the dataset's train/val/test split (``load_dataset(seed=)``)."""
+    arch: str = "mlp"
+    model_kwargs: dict[str, Any] = {}
+    in_chans: int | None = None
+    """Model input channels; None = the dataset's."""
+    img_size: int | None = None
+    """Model input side; None = the dataset's."""
+    seed: int = 0
+    data_seed: int = 0
+    init: str | None = None
+
+    def canonical_json(self) -> str:
+        """Sorted, compact JSON of every field: the text that is hashed and stored."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def init_identity(self) -> str:
+        """What the starting point *is*: none, another run's hash, or a file's content hash."""
+        if self.init is None:
+            return "none"
+        if is_config_hash(self.init):
+            return f"config:{self.init}"
+        path = Path(self.init).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"init checkpoint not found: {path}")
+        return f"sha256:{file_sha256(path)}"
+
+    def config_hash(self) -> str:
+        """sha256 of (trainer version, canonical JSON without the init path, init identity)."""
+        body = self.model_dump(mode="json", exclude={"init"})
+        text = json.dumps(
+            {"trainer": TRAINER_VERSION, "config": body, "init": self.init_identity()},
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+        return hashlib.sha256(text.encode()).hexdigest()
