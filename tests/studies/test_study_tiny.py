@@ -79,3 +79,8 @@ def test_cli_shows_presets(capsys):
     assert "name: tiny" in capsys.readouterr().out
     config, _ = load_config("quick")
     assert config.n_models == 10 and set(config.datasets) == {"mnist5k", "digits"}
+    assert config.counts() == [2, 3, 5, 7, 10]
+    paper, _ = load_config("paper")
+    assert "timm:deit_tiny_patch16_224" in paper.archs and paper.device == "cuda"
+    vit = paper.training_for("timm:vit_tiny_patch16_224", paper.datasets[0])
+    assert vit["pretrain"]["optimizer"] == "adamw" and vit["pretrain"]["epochs"] == 60
