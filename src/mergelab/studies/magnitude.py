@@ -51,12 +51,12 @@ def magnitude_rows(ctx: StudyContext) -> pd.DataFrame:
                             ModelSource.of(soup, name=f"soup-x{factor}"), "test", kind="soup"
                         )
                         head = average_heads([ev.head_state(sd) for sd in scaled])
+                        features = mean_arrays([o.features for o in outs])
                         logits = {
                             "Uniform Soup": soup_out.logits,
                             "Ens Logits": mean_arrays([o.logits for o in outs]),
-                            "Ens Features": ev.apply_head(
-                                mean_arrays([o.features for o in outs]), head
-                            ),
+                            "Ens Features": ev.apply_head(features, head),
+                            "Ens Features*": ev.apply_head(features, ev.head_state(scaled[0])),
                         }
                         scores = {
                             m: compute_metrics(z, truth, multilabel=multilabel, which=(metric,))[
