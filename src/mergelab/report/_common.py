@@ -24,6 +24,7 @@ __all__ = [
     "PRIMARY_METRICS",
     "SETTING",
     "TEMPLATE_ORDER",
+    "cross_task_frames",
     "is_fraction",
     "magnitude_rows",
     "method_table",
@@ -195,3 +196,18 @@ def magnitude_rows(mag: pd.DataFrame) -> pd.DataFrame:
             df[col] = DEFAULT_OPTION
         df[col] = df[col].astype(object).where(df[col].notna(), DEFAULT_OPTION).astype(str)
     return df
+
+
+def cross_task_frames(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Cross-task rows (test split when present) and their wide form: one row per
+    (arch, dataset, other_dataset), one column per method, mean value."""
+    ct = primary_rows(study_rows(rows, "cross_task")).dropna(subset=["value"])
+    if (ct["split"] == "test").any():
+        ct = ct[ct["split"] == "test"]
+    if ct.empty:
+        return ct, pd.DataFrame()
+    if "other_dataset" not in ct.columns:
+        ct = ct.assign(other_dataset="")
+    ct = ct.assign(other_dataset=ct["other_dataset"].astype(object).fillna("").astype(str))
+    wide = ct.groupby(["arch", "dataset", "other_dataset", "method"])["value"].mean()
+    return ct, wide.unstack("method")

@@ -35,6 +35,7 @@ from mergelab.report._common import (
     DEFAULT_OPTION,
     METHOD_ORDER,
     TEMPLATE_ORDER,
+    cross_task_frames,
     is_fraction,
     magnitude_rows,
     method_table,
@@ -293,20 +294,10 @@ def fig_gap_vs_n(rows: pd.DataFrame, out_dir: Path) -> list[Path]:
 
 def fig_cross_task(rows: pd.DataFrame, out_dir: Path) -> list[Path]:
     """Model A, Model B and their uniform soup, evaluated on A's task, per pair."""
-    ct = primary_rows(study_rows(rows, "cross_task")).dropna(subset=["value"])
-    if (ct["split"] == "test").any():
-        ct = ct[ct["split"] == "test"]
+    ct, wide = cross_task_frames(rows)
     if ct.empty:
         return []
-    if "other_dataset" not in ct.columns:
-        ct = ct.assign(other_dataset="")
-    ct = ct.assign(other_dataset=ct["other_dataset"].astype(object).fillna("").astype(str))
-    wide = (
-        ct.groupby(["arch", "dataset", "other_dataset", "method"])["value"]
-        .mean()
-        .unstack("method")
-        .reset_index()
-    )
+    wide = wide.reset_index()
     keys = ("arch", "dataset", "other_dataset")
     methods = order_methods((c for c in wide.columns if c not in keys), first=CROSS_TASK_ORDER)
     k = 100.0 if is_fraction(wide[methods].to_numpy(float).ravel()) else 1.0

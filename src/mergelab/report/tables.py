@@ -15,6 +15,7 @@ from mergelab.report._common import (
     CROSS_TASK_ORDER,
     DEFAULT_OPTION,
     TEMPLATE_ORDER,
+    cross_task_frames,
     is_fraction,
     magnitude_rows,
     method_table,
@@ -141,17 +142,9 @@ def _cost_table(wvf: pd.DataFrame) -> Table | None:
 
 def cross_task_tables(rows: pd.DataFrame) -> list[Table]:
     """One row per (arch, task A, task B): Model A, Model B and their soup on task A."""
-    ct = primary_rows(study_rows(rows, "cross_task")).dropna(subset=["value"])
-    if (ct["split"] == "test").any():
-        ct = ct[ct["split"] == "test"]
+    ct, wide = cross_task_frames(rows)
     if ct.empty:
         return []
-    if "other_dataset" not in ct.columns:
-        ct = ct.assign(other_dataset="")
-    ct = ct.assign(other_dataset=ct["other_dataset"].astype(object).fillna("").astype(str))
-    wide = (
-        ct.groupby(["arch", "dataset", "other_dataset", "method"])["value"].mean().unstack("method")
-    )
     wide = wide[order_methods(wide.columns, first=CROSS_TASK_ORDER)]
     wide.index = wide.index.set_names(["arch", "task A (evaluated)", "task B"])
     wide, unit = _percent(wide)
