@@ -156,7 +156,7 @@ def _size(n: float) -> str:
 
 
 def _instantiate(
-    method_name: str, n_models: int, params: dict[str, Any], per_model: Sequence[dict[str, Any]]
+    method_name: str, params: dict[str, Any], per_model: Sequence[dict[str, Any]]
 ) -> MergeMethod:
     try:
         cls = get_method(method_name)
@@ -250,7 +250,7 @@ def build_plan(
     model_params = list(model_params) if model_params is not None else [{} for _ in models]
     if len(model_params) != len(models):
         raise MergeError(f"{len(model_params)} sets of model parameters for {len(models)} models")
-    method = _instantiate(method_name, len(models), dict(params or {}), model_params)
+    method = _instantiate(method_name, dict(params or {}), model_params)
     if method.base_policy == "required" and base is None:
         raise MergeError(f"{method_name}: needs a base model (--base / base_model)")
     if method.base_policy == "unused" and base is not None:
