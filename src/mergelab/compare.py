@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,7 +31,7 @@ from mergelab.evaluate import (
     default_cache_dir,
     primary_metric,
 )
-from mergelab.results import RESULT_COLUMNS
+from mergelab.results import RESULT_COLUMNS, correct_examples
 
 __all__ = [
     "EXTRA_COLUMNS",
@@ -66,6 +66,9 @@ class CompareReport:
     ``combine`` (all combinations, soup passes included), ``soup_passes`` (the forward passes
     of merged models only, part of ``combine``), ``cost`` (parameter/FLOP counting), ``total``.
     ``passes``: split-passes, batches and samples by kind (``model``, ``soup``, ``bn``).
+    ``examples``: for each row of ``frame`` (by index) whose metric is accuracy, the
+    per-example scores whose mean is its value (1 = correct; "Perf Ave": the share of the
+    models that are correct), for paired intervals.
     """
 
     frame: pd.DataFrame
@@ -77,6 +80,7 @@ class CompareReport:
     ingredients: list[Ingredient]
     combinations: dict[str, Combination]
     evaluator: Evaluator = field(repr=False)
+    examples: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
 
 def _names(sources: Sequence[ModelSource]) -> None:
@@ -130,7 +134,6 @@ def run_compare(
     batch_size: int = 256,
     seed: int = 0,
     strict_greedy: bool = False,
-    members: Literal["own", "soup"] = "own",
     bn_recalibrate: bool = False,
     cache_dir: str | os.PathLike[str] | None = None,
     progress: bool = True,
@@ -141,8 +144,6 @@ def run_compare(
     t_start = time.perf_counter()
     if not models:
         raise MergeError("compare: give at least one model")
-    if members not in ("own", "soup"):
-        raise MergeError(f"members must be 'own' or 'soup', got {members!r}")
     splits = data if isinstance(data, DatasetSplits) else load_dataset(data, seed=seed)
     info = splits.info
     if num_classes is not None and num_classes != info.num_classes:
@@ -180,9 +181,7 @@ def run_compare(
         own_passes.append((len(new), sum(r.samples for r in new), sum(r.seconds for r in new)))
     t_evaluated = time.perf_counter()
 
-    combos = run_combinations(
-        ev, ingredients, strict=strict_greedy, members=members, bn_recalibrate=bn_recalibrate
-    )
+    combos = run_combinations(ev, ingredients, strict=strict_greedy, bn_recalibrate=bn_recalibrate)
     t_combined = time.perf_counter()
     params, flops = ev.cost()
     t_cost = time.perf_counter()
@@ -191,9 +190,19 @@ def run_compare(
     metric_names = (primary_metric(multilabel), "nll", "ece")
     notes = _single_class_notes(ev) if multilabel else []
     rows: list[dict[str, Any]] = []
+    examples: dict[int, np.ndarray] = {}
 
-    def add(method: str, kind: str, split: str, metrics: Mapping[str, float], **extra: Any) -> None:
+    def add(
+        method: str,
+        kind: str,
+        split: str,
+        metrics: Mapping[str, float],
+        per_example: np.ndarray | None = None,
+        **extra: Any,
+    ) -> None:
         for name in metric_names:
+            if name == "accuracy" and per_example is not None:
+                examples[len(rows)] = per_example
             rows.append(
                 {
                     "study": STUDY,
@@ -213,14 +222,21 @@ def run_compare(
     def score(logits: np.ndarray, split: str) -> dict[str, float]:
         return compute_metrics(logits, ev.targets(split), multilabel=multilabel)
 
+    def correct(logits: np.ndarray, split: str) -> np.ndarray | None:
+        return None if multilabel else correct_examples(logits, ev.targets(split))
+
     individual = [{s: score(i.outputs[s].logits, s) for s in SPLITS} for i in ingredients]
-    for ing, m, (n_pass, n_samp, secs) in zip(ingredients, individual, own_passes, strict=True):
+    each = [{s: correct(i.outputs[s].logits, s) for s in SPLITS} for i in ingredients]
+    for k, (ing, m, (n_pass, n_samp, secs)) in enumerate(
+        zip(ingredients, individual, own_passes, strict=True)
+    ):
         for s in SPLITS:
             add(
                 "Individual",
                 "individual",
                 s,
                 m[s],
+                each[k][s],
                 n_members=1,
                 members=ing.name,
                 params=params,
@@ -232,11 +248,13 @@ def run_compare(
     everyone = ";".join(i.name for i in ingredients)
     for s in SPLITS:
         ave = {k: float(np.mean([m[s][k] for m in individual])) for k in metric_names}
+        share = None if multilabel else np.mean([e[s] for e in each], axis=0).astype(np.float32)
         add(
             "Perf Ave",
             "summary",
             s,
             ave,
+            share,
             n_members=len(ingredients),
             members=everyone,
             params=params,
@@ -253,6 +271,7 @@ def run_compare(
             "individual",
             s,
             individual[best][s],
+            each[best][s],
             n_members=1,
             members=ingredients[best].name,
             params=params,
@@ -271,6 +290,7 @@ def run_compare(
                 comb.kind,
                 s,
                 score(comb.logits[s], s),
+                correct(comb.logits[s], s),
                 n_members=len(comb.members),
                 members=";".join(ingredients[i].name for i in comb.members),
                 params=params * comb.n_inference_models,
@@ -303,7 +323,9 @@ def run_compare(
     frame.attrs.update(
         {"timings": timings, "passes": passes, "notes": notes, "cache_dir": str(cache_root)}
     )
-    return CompareReport(frame, timings, passes, notes, files, cache_root, ingredients, combos, ev)
+    return CompareReport(
+        frame, timings, passes, notes, files, cache_root, ingredients, combos, ev, examples
+    )
 
 
 def write_results(frame: pd.DataFrame, out: str | os.PathLike[str]) -> list[Path]:
@@ -342,7 +364,6 @@ def compare(
     batch_size: int = 256,
     seed: int = 0,
     strict_greedy: bool = False,
-    members: Literal["own", "soup"] = "own",
     bn_recalibrate: bool = False,
     cache_dir: str | os.PathLike[str] | None = None,
     progress: bool = True,
@@ -355,9 +376,10 @@ def compare(
     ``models`` are checkpoint paths or state dicts; ``data`` a ``load_dataset`` spec (split
     with ``seed``) or loaded ``DatasetSplits``. Inputs are the dataset's native channels and
     size unless ``in_chans``/``img_size`` are given. Selection (best individual, greedy
-    choices) uses val only. ``members="soup"``: greedy ensembles take the greedy soup's
-    members. ``bn_recalibrate``: re-estimate BatchNorm statistics of merged models on train
-    data. Outputs are cached under ``cache_dir`` (default :func:`default_cache_dir`).
+    choices) uses val only; greedy ensembles take the greedy soup's members, their "(own)"
+    variants search on their own. ``bn_recalibrate``: re-estimate BatchNorm statistics of
+    merged models on train data. Outputs are cached under ``cache_dir`` (default
+    :func:`default_cache_dir`).
 
     Returns tidy rows: :data:`RESULT_COLUMNS` then :data:`EXTRA_COLUMNS`; the metric is
     ``accuracy`` (``auroc`` for multi-label data), ``nll`` and ``ece``. With ``out``, also
@@ -376,7 +398,6 @@ def compare(
         batch_size=batch_size,
         seed=seed,
         strict_greedy=strict_greedy,
-        members=members,
         bn_recalibrate=bn_recalibrate,
         cache_dir=cache_dir,
         progress=progress,

@@ -37,12 +37,6 @@ def add_compare_parser(subparsers: argparse._SubParsersAction) -> None:
         "--strict-greedy", action="store_true", help="greedy: keep a model only if val improves"
     )
     p.add_argument(
-        "--members",
-        choices=("own", "soup"),
-        default="own",
-        help="greedy ensembles: own greedy search, or the greedy soup's members",
-    )
-    p.add_argument(
         "--bn-recalibrate",
         action="store_true",
         help="re-estimate BatchNorm statistics of merged models on train data",
@@ -106,7 +100,6 @@ def _run_compare(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         seed=args.seed,
         strict_greedy=args.strict_greedy,
-        members=args.members,
         bn_recalibrate=args.bn_recalibrate,
         cache_dir=args.cache_dir,
         progress=not args.no_progress and sys.stderr.isatty(),

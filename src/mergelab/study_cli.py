@@ -1,28 +1,113 @@
-"""``mergelab study [PRESET | CONFIG.yaml] --out DIR``."""
+"""``mergelab study [PRESET | CONFIG.yaml] [--out DIR] [--show] [--dry-run] [--workers N]``."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+from pathlib import Path
+
+# Exit status when the study ran but one of its sanity checks failed (2 is a usage or
+# config error, see mergelab.cli.main).
+SANITY_EXIT = 3
+
+_DESCRIPTION = """\
+Reproduce 'Rethinking Weight-Averaged Model-merging' on your machine: train the
+ingredient models, then run every study (weights as templates, weight vs feature
+averaging, merging across tasks, weight statistics, scaling the weights) and write
+a report.
+
+What to run is a study config: a YAML file, or a preset, which is a config shipped
+with mergelab and named by a word:
+  quick  (the default) the embedded mnist5k and digits sets, small models; no
+         download, about 10 minutes on 2 CPU cores (2 workers)
+  tiny   about a minute on 2 CPU cores (30-90 s); for smoke tests
+  paper  the paper's grid; a GPU and the datasets and pretrained checkpoints on disk
+         (edit its DATA/... and PRETRAINED/... paths first)
+To change one: `mergelab study paper --show > my.yaml`, edit, `mergelab study my.yaml`.
+`mergelab study my.yaml --dry-run` first shows what it would cost: training runs,
+optimizer steps, evaluation passes and GPU hours, without reading data or training.
+It checks the config too, and lists the dataset and checkpoint paths that are not on
+this machine (a warning: a dry run may plan for another machine). A real run checks
+everything, paths included, before it creates its folder or trains anything.
+
+Outputs, in --out (default mergelab-study-NAME): results.csv (one tidy table, every
+number of every study), outcomes.npz (per-example outcomes behind the uncertainty
+intervals), claims.md (each claim of the paper with its verdict) and report.html (a
+self-contained report: tables, figures, claims). Trained models (runs/) and model
+outputs (cache/) are kept there by content, so a rerun into the same folder trains
+and evaluates nothing that is already done, and an interrupted run resumes.
+
+Exit status: 0 done; 2 a config or usage error; 3 the study finished but a sanity
+check failed (a defect, named on stderr and in the report, which is still written).
+"""
+
+
+def _workers(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a positive number, got {text!r}")
+    return n
 
 
 def add_study_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "study",
-        help="train ingredients, run every perspective of the paper, write the report",
-        description=(
-            "Reproduce 'Rethinking Weight-Averaged Model-merging' on your machine: templates, "
-            "weights vs features, cross-task merging, weight statistics and magnitude. "
-            "With no argument runs the embedded 'quick' preset (mnist5k and digits, no "
-            "download). Presets: quick, paper (GPU and datasets on disk), tiny (seconds). "
-            "Copy one with `mergelab study --show quick > my.yaml`, edit, then "
-            "`mergelab study my.yaml`."
-        ),
+        help="train ingredients, run every study of the paper, write the report",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("config", nargs="?", default="quick", help="preset name or YAML file")
-    p.add_argument("--out", default=None, help="output folder (default mergelab-study-NAME)")
-    p.add_argument("--show", action="store_true", help="print the config YAML and exit")
-    p.add_argument("--no-progress", action="store_true", help="no progress lines")
+    p.add_argument(
+        "config",
+        nargs="?",
+        default="quick",
+        metavar="PRESET|CONFIG",
+        help="a preset (quick, tiny, paper) or a study config YAML file (default: quick)",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="output folder (default mergelab-study-NAME); rerunning into it reuses every "
+        "finished training run and model output",
+    )
+    p.add_argument("--show", action="store_true", help="print the config's YAML and exit")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the config and print what the study would do (training runs, optimizer "
+        "steps, evaluation passes, GPU hours), then exit; reads no on-disk data, trains "
+        "nothing, creates no folder; dataset and checkpoint paths missing here are listed "
+        "as a warning",
+    )
+    p.add_argument(
+        "--workers",
+        type=_workers,
+        default="auto",
+        metavar="N",
+        help="training processes at once (default auto: 1 on a GPU, else up to 4, one per "
+        "core). Changes the wall time only: every run is seeded, so results are identical",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     p.set_defaults(run=_run_study)
+
+
+def auto_workers(device: str | None) -> int:
+    """1 when training runs on a GPU (one process keeps it busy), else one per core, at
+    most 4."""
+    if device is not None and device.startswith("cuda"):
+        return 1
+    if device is None:
+        import torch
+
+        if torch.cuda.is_available():
+            return 1
+    return max(1, min(os.cpu_count() or 1, 4))
 
 
 def _run_study(args: argparse.Namespace) -> int:
@@ -32,8 +117,27 @@ def _run_study(args: argparse.Namespace) -> int:
     if args.show:
         print(text, end="")
         return 0
+    if args.dry_run:
+        from mergelab.studies.plan import plan_study
+        from mergelab.studies.validate import check_dry_run, missing_warning
+
+        missing = check_dry_run(config, args.out)
+        print(plan_study(config).render())
+        if missing:
+            print(f"\n{missing_warning(missing)}")
+        return 0
+    workers = auto_workers(config.device) if args.workers == "auto" else args.workers
     out = args.out or f"mergelab-study-{config.name}"
-    paths = run_study(config, out, progress=not args.no_progress)
+    paths = run_study(config, out, progress=not args.no_progress, workers=workers)
+    failed = list(paths.get("sanity_failures") or [])
     for label, path in paths.items():
-        print(f"{label:8s} {path}")
+        if label != "sanity_failures" and isinstance(path, str | Path):
+            print(f"{label:8s} {path}")
+    if failed:
+        print(
+            f"mergelab: sanity checks failed: {', '.join(map(str, failed))} (a defect, not a "
+            f"finding; see {paths.get('report', out)})",
+            file=sys.stderr,
+        )
+        return SANITY_EXIT
     return 0

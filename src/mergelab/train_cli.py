@@ -22,7 +22,8 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
         help="train the ingredients of a merging experiment from a recipe (cached, resumable)",
         description=(
             "Train N models from a recipe YAML (dataset, arch, n_models, mode shared or "
-            "independent, pretrain, train, lrs, augment). Every run is cached by the hash of "
+            "independent, source, pretrain or init, train, head, lrs, augment). Every run is "
+            "cached by the hash of "
             "its config, so a rerun trains nothing and an interrupted one resumes. "
             "Example: mergelab train recipe.yaml --out ingredients/"
         ),
@@ -41,6 +42,13 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
         default=1,
         help="torch CPU threads per run (default 1: fastest for small models, and the "
         "cached bytes then do not depend on the machine); 0 = torch's default",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="runs trained at once, each in its own process (default 1: in this process); "
+        "the files are the same bytes either way",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(run=_run_train)
@@ -67,12 +75,18 @@ def place_file(source: Path, dest: Path) -> Path:
     return dest
 
 
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def _run_train(args: argparse.Namespace) -> int:
     from mergelab.train.recipe import IngredientRecipe, make_ingredients, start_checkpoint
     from mergelab.train.trainer import default_train_cache
 
     if args.threads < 0:
         raise MergeError(f"--threads must be >= 0, got {args.threads}")
+    if args.workers < 1:
+        raise MergeError(f"--workers must be >= 1, got {args.workers}")
     recipe = IngredientRecipe.from_yaml(args.recipe)
     out = Path(args.out).expanduser()
     if out.exists() and not out.is_dir():
@@ -85,6 +99,8 @@ def _run_train(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.no_progress and sys.stderr.isatty(),
         threads=args.threads if args.threads > 0 else None,
+        workers=args.workers,
+        log=None if args.no_progress else _log,
     )
     width = max(2, len(str(len(paths) - 1)))
     placed: list[tuple[str, Path, str]] = []

@@ -35,9 +35,48 @@ def test_builtin_kwargs_are_passed() -> None:
     assert res.head.in_features == 16 and len(res.stages[1]) == 2
 
 
+def test_cifar_resnet_family_grows_with_depth_and_splits() -> None:
+    from mergelab.models import count_params, split_model
+    from mergelab.models.builtin import ConvNet, SmallResNet
+
+    models = {a: build_model(a, 10, in_chans=1, img_size=28) for a in ("resnet8", "resnet14")}
+    models["resnet20"] = build_model("resnet20", 10, in_chans=1, img_size=28)
+    counts = [count_params(m) for m in models.values()]
+    assert counts[0] < counts[1] < counts[2]
+    for blocks, model in zip((1, 2, 3), models.values(), strict=True):
+        assert isinstance(model, SmallResNet)
+        assert [len(stage) for stage in model.stages] == [blocks] * 3
+        assert [stage[0].conv1.out_channels for stage in model.stages] == [16, 32, 64]
+        fh = split_model(model.eval())
+        x = torch.randn(2, 1, 28, 28)
+        assert fh.head_prefix == "head." and fh.feature_dim == 64
+        torch.testing.assert_close(fh.head(fh.features(x)), model(x))
+    # resnet_small is resnet8: the same parameters, drawn the same way
+    torch.manual_seed(0)
+    small = build_model("resnet_small", 10, in_chans=1).state_dict()
+    torch.manual_seed(0)
+    eight = build_model("resnet8", 10, in_chans=1).state_dict()
+    assert small.keys() == eight.keys()
+    assert all(torch.equal(small[k], eight[k]) for k in small)
+    # blocks can still be given; cnn has three stages by default
+    assert [len(s) for s in build_model("resnet8", 3, blocks=(1, 2, 1)).stages] == [1, 2, 1]
+    cnn = build_model("cnn", 10, in_chans=1, img_size=8)
+    assert isinstance(cnn, ConvNet)
+    convs = [m.out_channels for m in cnn.modules() if isinstance(m, nn.Conv2d)]
+    assert convs == [32, 64, 128]
+
+
+def test_bare_resnet_names_beyond_the_builtins_are_torchvision() -> None:
+    for name in ("resnet18", "resnet34", "resnet50"):
+        assert type(build_model(name, 10)).__module__ == "torchvision.models.resnet"
+    assert type(build_model("resnet20", 10)).__module__ == "mergelab.models.builtin"
+
+
 def test_vit_default_patch_size() -> None:
     assert default_patch_size(8) == 2
-    assert default_patch_size(28) == 4
+    assert default_patch_size(28) == 7
+    assert default_patch_size(14) == 2
+    assert default_patch_size(56) == 8
     assert default_patch_size(32) == 8
     assert default_patch_size(224) == 16
     with pytest.raises(ValueError, match="built for 32x32"):

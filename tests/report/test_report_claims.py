@@ -1,387 +1,370 @@
-"""Each claim's verdict both ways, and "not measured" without data; numbers come from rows."""
+"""Every claim can come out reproduced, contradicted and inconclusive (within noise or a
+tie) on constructed results, and the sanity checks fail on constructed violations."""
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
+from collections.abc import Callable
 from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 
-from mergelab.report.claims import (
-    CLAIMS,
+from mergelab.report import (
+    CONTRADICTED,
+    INCONCLUSIVE,
     NOT_MEASURED,
-    NOT_REPRODUCED,
     REPRODUCED,
-    ClaimSpec,
+    Results,
     evaluate_claims,
-    write_claims_md,
+    run_sanity_checks,
 )
+from mergelab.report.claims import CLAIMS, family_depth, write_claims_md
 
-SPECS = {spec.key: spec for spec in CLAIMS}
-
-
-def verdict_of(key: str, rows: pd.DataFrame):
-    return SPECS[key](rows)
+BY_KEY = {c.key: c for c in CLAIMS}
 
 
-def test_registry_has_the_papers_findings() -> None:
-    assert list(SPECS) == [
-        "ens_logits_beats_soups",
-        "greedy_soup_not_below_best_individual",
-        "vit_uniform_soup_degrades",
-        "merging_robust_to_magnitude",
-        "averaging_shrinks_weights",
-        "classifier_templates",
-        "gap_grows_with_n",
-        "ens_features_matches_logits",
-        "cross_task_merging_fails",
-    ]
+def verdict(key: str, results: Results) -> str:
+    return BY_KEY[key](results).verdict
 
 
-def test_paper_like_rows_reproduce_every_claim(rows_all: pd.DataFrame) -> None:
-    claims = evaluate_claims(rows_all)
-    assert [c.verdict for c in claims] == [REPRODUCED] * len(CLAIMS), [
-        (c.key, c.measured) for c in claims if c.verdict != REPRODUCED
-    ]
-    for c in claims:
-        assert c.details is not None and not c.details.empty
-        assert re.search(r"\d", c.measured)
+# -- weights vs features: pairs of methods -----------------------------------------------
+
+PAIRS = {
+    "ens_logits_beats_uniform_soup": ("Ens Logits", "Uniform Soup", "greater"),
+    "ens_logits_beats_greedy_soup": ("Ens Logits", "Greedy Soup", "greater"),
+    "greedy_soup_beats_uniform_soup": ("Greedy Soup", "Uniform Soup", "greater"),
+    "ens_features_matches_logits": ("Ens Features", "Ens Logits", "within"),
+    "ens_features_star_matches": ("Ens Features*", "Ens Features", "within"),
+}
 
 
-@pytest.mark.parametrize("rows", [pd.DataFrame(), None], ids=["empty", "none"])
-def test_no_rows_means_not_measured_everywhere(rows: pd.DataFrame | None) -> None:
-    claims = evaluate_claims(rows)
-    assert {c.verdict for c in claims} == {NOT_MEASURED}
-    assert all(c.details is None for c in claims)
+def _pair_results(build: SimpleNamespace, first: str, second: str, diff: float) -> Results:
+    b = build.Builder()
+    settings = {
+        (d, a, n): {first: 0.80 + diff, second: 0.80}
+        for d in ("cifar10", "cifar100")
+        for a in ("resnet8", "mlp")
+        for n in (2, 5)
+    }
+    return build.wvf(b, settings).results()
 
 
-def test_a_study_present_does_not_measure_claims_of_another(build: SimpleNamespace) -> None:
-    claims = {c.key: c for c in evaluate_claims(build.template_rows())}
-    assert claims["classifier_templates"].verdict == REPRODUCED
-    others = [c.verdict for k, c in claims.items() if k != "classifier_templates"]
-    assert set(others) == {NOT_MEASURED}
+@pytest.mark.parametrize("key", sorted(PAIRS))
+def test_pair_claims_in_every_direction(build: SimpleNamespace, key: str) -> None:
+    first, second, direction = PAIRS[key]
+    if direction == "greater":
+        cases = {REPRODUCED: 0.10, CONTRADICTED: -0.10, INCONCLUSIVE: 0.0025}
+    else:  # within 1 point: 0.25 points matches, 10 points does not, 1 point is at the edge
+        cases = {REPRODUCED: 0.0025, CONTRADICTED: 0.10, INCONCLUSIVE: 0.0125}
+    for expected, diff in cases.items():
+        assert verdict(key, _pair_results(build, first, second, diff)) == expected, (expected, diff)
 
 
-# -- (a) Ens Logits beats every soup --------------------------------------------------------
-
-
-def test_ens_logits_beats_soups_both_ways(build: SimpleNamespace) -> None:
-    hold = build.wvf_rows(
-        {
-            ("c10", "resnet", 2): {"Uniform Soup": 0.70, "Greedy Soup": 0.71, "Ens Logits": 0.75},
-            ("c10", "resnet", 5): {"Uniform Soup": 0.69, "Greedy Soup": 0.72, "Ens Logits": 0.78},
-        }
+def test_a_tie_is_inconclusive_and_says_so(build: SimpleNamespace) -> None:
+    claim = BY_KEY["ens_logits_beats_uniform_soup"](
+        _pair_results(build, "Ens Logits", "Uniform Soup", 0.0)
     )
-    c = verdict_of("ens_logits_beats_soups", hold)
-    assert c.verdict == REPRODUCED
-    assert "2/2" in c.measured and "+4.00" in c.measured and "+5.00" in c.measured
-    assert c.details["holds"].tolist() == [True, True]
+    assert claim.verdict == INCONCLUSIVE
+    assert "tie" in claim.measured
+    assert set(claim.details["judgement"]) == {"tie"}
 
-    fail = build.wvf_rows(
-        {
-            ("c10", "resnet", 2): {"Uniform Soup": 0.70, "Greedy Soup": 0.71, "Ens Logits": 0.75},
-            ("c10", "resnet", 5): {"Uniform Soup": 0.69, "Greedy Soup": 0.72, "Ens Logits": 0.70},
-        }
+
+def test_claim_details_carry_intervals(build: SimpleNamespace) -> None:
+    claim = BY_KEY["ens_logits_beats_uniform_soup"](
+        _pair_results(build, "Ens Logits", "Uniform Soup", 0.10)
     )
-    c = verdict_of("ens_logits_beats_soups", fail)
-    assert c.verdict == NOT_REPRODUCED
-    assert "1/2 (50%)" in c.measured and "-2.00" in c.measured and "N=5" in c.measured
-
-
-def test_ens_logits_claim_not_measured_without_ensemble(build: SimpleNamespace) -> None:
-    rows = build.wvf_rows({("c10", "resnet", 2): {"Uniform Soup": 0.7, "Greedy Soup": 0.7}})
-    assert verdict_of("ens_logits_beats_soups", rows).verdict == NOT_MEASURED
-
-
-def test_values_in_percent_are_read_as_points(build: SimpleNamespace) -> None:
-    rows = build.wvf_rows({("c10", "resnet", 2): {"Uniform Soup": 70.0, "Ens Logits": 75.0}})
-    c = verdict_of("ens_logits_beats_soups", rows)
-    assert c.verdict == REPRODUCED and "+5.00" in c.measured
-
-
-def test_multilabel_datasets_are_judged_on_auroc(build: SimpleNamespace) -> None:
-    acc = build.wvf_rows({("chestx", "densenet", 2): {"Uniform Soup": 0.9, "Ens Logits": 0.8}})
-    auroc = build.wvf_rows(
-        {("chestx", "densenet", 2): {"Uniform Soup": 0.70, "Ens Logits": 0.74}}, metric="auroc"
+    d = claim.details
+    assert len(d) == 8 and {"dataset", "arch", "n_models", "estimate", "low", "high"} <= set(
+        d.columns
     )
-    c = verdict_of("ens_logits_beats_soups", pd.concat([acc, auroc]))
-    assert c.verdict == REPRODUCED
-    assert c.details["metric"].tolist() == ["auroc"]
+    assert (d["low"] <= d["estimate"]).all() and (d["estimate"] <= d["high"]).all()
+    assert d["estimate"].tolist() == pytest.approx([10.0] * 8)
+    assert "[" in claim.measured and "95% interval" in claim.measured
 
 
-# -- (b) Greedy soup never below best ingredient on val ------------------------------------
-
-
-def _val_rows(build: SimpleNamespace, greedy: float, best: float | None) -> pd.DataFrame:
-    methods = {"Greedy Soup": greedy, "Perf Ave": 0.70}
-    if best is not None:
-        methods["Best Individual"] = best
-    return build.wvf_rows({("c10", "resnet", 3): methods})
-
-
-def test_greedy_soup_not_below_best_both_ways(build: SimpleNamespace) -> None:
-    c = verdict_of("greedy_soup_not_below_best_individual", _val_rows(build, 0.73, 0.72))
-    assert c.verdict == REPRODUCED and "+1.00" in c.measured
-    c = verdict_of("greedy_soup_not_below_best_individual", _val_rows(build, 0.71, 0.72))
-    assert c.verdict == NOT_REPRODUCED and "-1.00" in c.measured and "0/1" in c.measured
-
-
-def test_best_individual_is_derived_from_individual_rows(build: SimpleNamespace) -> None:
-    # Individuals on val are 0.69, 0.70, 0.71: the best is 0.71, above the soup's 0.705.
-    c = verdict_of("greedy_soup_not_below_best_individual", _val_rows(build, 0.705, None))
-    assert c.verdict == NOT_REPRODUCED
-    assert "-0.50" in c.measured
-    assert c.details["Best Individual"].iloc[0] == pytest.approx(0.71)
-
-
-def test_greedy_claim_not_measured_without_greedy_soup(build: SimpleNamespace) -> None:
-    rows = build.wvf_rows({("c10", "resnet", 3): {"Uniform Soup": 0.7, "Perf Ave": 0.7}})
-    assert verdict_of("greedy_soup_not_below_best_individual", rows).verdict == NOT_MEASURED
-
-
-# -- (c) ViT uniform soups degrade -----------------------------------------------------------
-
-
-def _vit_rows(build: SimpleNamespace, arch: str, soup_large: float) -> pd.DataFrame:
-    return build.wvf_rows(
-        {
-            ("tiny", arch, 2): {"Uniform Soup": 0.60, "Perf Ave": 0.65},
-            ("tiny", arch, 5): {"Uniform Soup": 0.40, "Perf Ave": 0.66},
-            ("tiny", arch, 10): {"Uniform Soup": soup_large, "Perf Ave": 0.66},
-        }
+def test_claims_ignore_independent_inits(build: SimpleNamespace) -> None:
+    b = build.Builder()
+    build.wvf(b, {("cifar10", "mlp", 2): {"Ens Logits": 0.9, "Uniform Soup": 0.8}})
+    build.wvf(
+        b, {("cifar10", "mlp", 2): {"Ens Logits": 0.5, "Uniform Soup": 0.9}}, init="independent"
     )
+    claim = BY_KEY["ens_logits_beats_uniform_soup"](b.results())
+    assert claim.verdict == REPRODUCED and len(claim.details) == 1
 
 
-def test_vit_soup_degradation_both_ways(build: SimpleNamespace) -> None:
-    c = verdict_of("vit_uniform_soup_degrades", _vit_rows(build, "deit_tiny_patch16", 0.10))
-    assert c.verdict == REPRODUCED
-    assert "60.00 (N=2) -> 10.00 (N=10)" in c.measured and "Perf Ave 66.00" in c.measured
-    c = verdict_of("vit_uniform_soup_degrades", _vit_rows(build, "ViT-B-16", 0.62))
-    assert c.verdict == NOT_REPRODUCED and "0/1" in c.measured
-
-
-def test_vit_soup_below_small_n_but_not_below_average_is_not_reproduced(
-    build: SimpleNamespace,
-) -> None:
-    rows = build.wvf_rows(
-        {
-            ("tiny", "vit_s", 2): {"Uniform Soup": 0.80, "Perf Ave": 0.65},
-            ("tiny", "vit_s", 10): {"Uniform Soup": 0.70, "Perf Ave": 0.66},
-        }
-    )
-    c = verdict_of("vit_uniform_soup_degrades", rows)
-    assert c.verdict == NOT_REPRODUCED
-    assert c.details["below_small_n"].tolist() == [True]
-    assert c.details["below_perf_ave"].tolist() == [False]
-
-
-def test_vit_claim_not_measured_without_vits(build: SimpleNamespace) -> None:
-    c = verdict_of("vit_uniform_soup_degrades", _vit_rows(build, "resnet50", 0.10))
-    assert c.verdict == NOT_MEASURED
-
-
-# -- (d) Merging more robust to magnitude ---------------------------------------------------
-
-
-def _magnitude(build: SimpleNamespace, us: tuple, el: tuple, **kw: object) -> pd.DataFrame:
-    rows = []
-    for f, u, e in zip((1.0, 50.0, 100.0), us, el, strict=True):
-        rows.append(build.row("magnitude", "Uniform Soup", u, magnitude=f, **kw))
-        rows.append(build.row("magnitude", "Ens Logits", e, magnitude=f, **kw))
-    return pd.DataFrame(rows)
-
-
-def test_magnitude_robustness_both_ways(build: SimpleNamespace) -> None:
-    robust = _magnitude(build, (0.70, 0.68, 0.66), (0.72, 0.40, 0.20))
-    c = verdict_of("merging_robust_to_magnitude", robust)
-    assert c.verdict == REPRODUCED
-    assert "2/2" in c.measured and "3.00" in c.measured and "42.00" in c.measured
-
-    fragile = _magnitude(build, (0.72, 0.40, 0.20), (0.70, 0.68, 0.66))
-    c = verdict_of("merging_robust_to_magnitude", fragile)
-    assert c.verdict == NOT_REPRODUCED
-    assert "0/2" in c.measured and "42.00" in c.measured
-
-
-def test_magnitude_verdict_uses_default_options_when_present(build: SimpleNamespace) -> None:
-    default = _magnitude(build, (0.70, 0.68, 0.66), (0.72, 0.40, 0.20), scaled="all", tensors="all")
-    other = _magnitude(build, (0.72, 0.10, 0.10), (0.70, 0.69, 0.69), scaled="first", tensors="all")
-    c = verdict_of("merging_robust_to_magnitude", pd.concat([default, other]))
-    assert c.verdict == REPRODUCED and "scaled=all, tensors=all" in c.measured
-    c = verdict_of("merging_robust_to_magnitude", other)
-    assert c.verdict == NOT_REPRODUCED and "all options present" in c.measured
-
-
-def test_magnitude_claim_not_measured_without_large_factors(build: SimpleNamespace) -> None:
-    rows = pd.DataFrame(
-        [
-            build.row("magnitude", m, 0.7, magnitude=f)
-            for f in (1.0, 10.0)
-            for m in ("Uniform Soup", "Ens Logits")
-        ]
-    )
-    assert verdict_of("merging_robust_to_magnitude", rows).verdict == NOT_MEASURED
-
-
-# -- (e) Averaging shrinks max |w| and variance --------------------------------------------
-
-
-def test_weight_stats_both_ways(build: SimpleNamespace) -> None:
-    c = verdict_of("averaging_shrinks_weights", build.weight_stats_rows(ratio=1.04))
-    assert c.verdict == REPRODUCED
-    assert "4/4" in c.measured and "median 1.040" in c.measured
-
-    c = verdict_of("averaging_shrinks_weights", build.weight_stats_rows(bounds_hold=False))
-    assert c.verdict == NOT_REPRODUCED and "variance bound holds in 3/4" in c.measured
-
-    c = verdict_of("averaging_shrinks_weights", build.weight_stats_rows(ratio=2.0))
-    assert c.verdict == NOT_REPRODUCED and "median 2.000" in c.measured
-
-
-def test_shared_init_ratio_is_reported_but_not_judged(build: SimpleNamespace) -> None:
-    c = verdict_of("averaging_shrinks_weights", build.weight_stats_rows(ratio=2.0, init="shared"))
-    assert c.verdict == REPRODUCED
-    assert "not checked" in c.measured and "shared init: median 2.000" in c.measured
-
-
-def test_bounds_are_derived_when_the_study_wrote_none(build: SimpleNamespace) -> None:
-    rows = build.weight_stats_rows()
-    rows = rows[~rows["metric"].str.endswith("_bound_holds")]
-    c = verdict_of("averaging_shrinks_weights", rows)
-    assert c.verdict == REPRODUCED and "max |w| bound holds in 4/4" in c.measured
-    bigger = rows.copy()
-    bigger.loc[(bigger["method"] == "average") & (bigger["metric"] == "max_abs"), "value"] = 1.5
-    c = verdict_of("averaging_shrinks_weights", bigger)
-    assert c.verdict == NOT_REPRODUCED and "max |w| bound holds in 0/4" in c.measured
-
-
-def test_weight_stats_not_measured_without_rows(build: SimpleNamespace) -> None:
-    assert verdict_of("averaging_shrinks_weights", build.template_rows()).verdict == NOT_MEASURED
-
-
-# -- (f) Classifier templates ---------------------------------------------------------------
-
-
-def test_templates_both_ways(build: SimpleNamespace) -> None:
-    c = verdict_of("classifier_templates", build.template_rows(classifier=0.7))
-    assert c.verdict == REPRODUCED and "digits: 0.700 (10 classes)" in c.measured
-    assert "merged_halves: median 0.500" in c.measured
-    c = verdict_of("classifier_templates", build.template_rows(classifier=0.3))
-    assert c.verdict == NOT_REPRODUCED and "0.300" in c.measured
-
-
-def test_templates_not_measured_without_classifier_rows(build: SimpleNamespace) -> None:
-    rows = build.template_rows()
-    rows = rows[rows["method"] != "classifier"]
-    assert verdict_of("classifier_templates", rows).verdict == NOT_MEASURED
-
-
-# -- (g) Gap grows with N -------------------------------------------------------------------
-
-
-def _gap_rows(build: SimpleNamespace, gaps: tuple[float, float, float]) -> pd.DataFrame:
-    return build.wvf_rows(
-        {
-            ("c10", "resnet", n): {"Uniform Soup": 0.70, "Ens Logits": 0.70 + g / 100}
-            for n, g in zip((2, 5, 10), gaps, strict=True)
-        }
-    )
-
-
-def test_gap_slope_both_ways(build: SimpleNamespace) -> None:
-    # Least squares through (2, 1), (5, 3), (10, 5): slope 16 / 32.667 = 0.490.
-    c = verdict_of("gap_grows_with_n", _gap_rows(build, (1.0, 3.0, 5.0)))
-    assert c.verdict == REPRODUCED and "+0.490" in c.measured and "1/1" in c.measured
-    assert c.details["slope_points_per_model"].iloc[0] == pytest.approx(16 / (98 / 3))
-    c = verdict_of("gap_grows_with_n", _gap_rows(build, (5.0, 3.0, 1.0)))
-    assert c.verdict == NOT_REPRODUCED and "-0.490" in c.measured
-
-
-def test_gap_not_measured_with_one_model_count(build: SimpleNamespace) -> None:
-    rows = build.wvf_rows({("c10", "resnet", 5): {"Uniform Soup": 0.7, "Ens Logits": 0.8}})
-    assert verdict_of("gap_grows_with_n", rows).verdict == NOT_MEASURED
-
-
-# -- (h) Ens Features matches Ens Logits ----------------------------------------------------
-
-
-def test_features_match_logits_both_ways(build: SimpleNamespace) -> None:
-    def rows(diffs: tuple[float, ...]) -> pd.DataFrame:
-        return build.wvf_rows(
-            {
-                ("c10", "resnet", n): {"Ens Logits": 0.80, "Ens Features": 0.80 + d / 100}
-                for n, d in zip((2, 3, 5, 10), diffs, strict=True)
-            }
+def test_seeds_are_replicates_of_one_setting(build: SimpleNamespace) -> None:
+    b = build.Builder()
+    for seed, diff in ((0, 0.10), (1, -0.10)):
+        build.wvf(
+            b, {("cifar10", "mlp", 2): {"Ens Logits": 0.8 + diff, "Uniform Soup": 0.8}}, seed=seed
         )
-
-    c = verdict_of("ens_features_matches_logits", rows((-0.5, -0.5, 0.5, -0.5)))
-    assert c.verdict == REPRODUCED and "4/4" in c.measured and "0.50" in c.measured
-    c = verdict_of("ens_features_matches_logits", rows((-0.5, -3.0, 0.5, -3.0)))
-    assert c.verdict == NOT_REPRODUCED
-    assert "2/4 (50%)" in c.measured and "largest -3.00" in c.measured
+    claim = BY_KEY["ens_logits_beats_uniform_soup"](b.results())
+    assert len(claim.details) == 1  # one setting, two seeds
+    assert claim.verdict == INCONCLUSIVE  # +10 and -10 points: the seeds disagree
 
 
-def test_features_claim_not_measured_without_feature_ensemble(build: SimpleNamespace) -> None:
-    rows = build.wvf_rows({("c10", "resnet", 2): {"Ens Logits": 0.8}})
-    assert verdict_of("ens_features_matches_logits", rows).verdict == NOT_MEASURED
+# -- weights vs features: across N and depth ---------------------------------------------
 
 
-# -- (i) Cross-task merging ------------------------------------------------------------------
+def _by_n(
+    build: SimpleNamespace, arch: str, soup_of_n: Callable[[int], float], ens: float = 0.9
+) -> Results:
+    b = build.Builder()
+    settings = {
+        (d, arch, n): {"Ens Logits": ens, "Uniform Soup": soup_of_n(n), "Perf Ave": 0.75}
+        for d in ("cifar10", "cifar100")
+        for n in (2, 5, 10)
+    }
+    return build.wvf(b, settings).results()
 
 
-def test_cross_task_both_ways(build: SimpleNamespace) -> None:
-    c = verdict_of("cross_task_merging_fails", build.cross_task_rows(soup=0.40))
-    assert c.verdict == REPRODUCED and "2/2" in c.measured and "55.00" in c.measured
-    c = verdict_of("cross_task_merging_fails", build.cross_task_rows(soup=0.97))
-    assert c.verdict == NOT_REPRODUCED and "0/2" in c.measured and "-2.00" in c.measured
-    assert verdict_of("cross_task_merging_fails", build.template_rows()).verdict == NOT_MEASURED
+def test_vit_soup_degrades(build: SimpleNamespace) -> None:
+    assert (
+        verdict("vit_uniform_soup_degrades", _by_n(build, "vit_small", lambda n: 0.8 - 0.05 * n))
+        == REPRODUCED
+    )
+    assert (
+        verdict("vit_uniform_soup_degrades", _by_n(build, "vit_small", lambda n: 0.6 + 0.03 * n))
+        == CONTRADICTED
+    )
+    assert (
+        verdict("vit_uniform_soup_degrades", _by_n(build, "vit_small", lambda n: 0.7475))
+        == INCONCLUSIVE
+    )
+    assert (
+        verdict("vit_uniform_soup_degrades", _by_n(build, "resnet8", lambda n: 0.5)) == NOT_MEASURED
+    )
 
 
-# -- robustness and claims.md --------------------------------------------------------------
+def test_gap_grows_with_n(build: SimpleNamespace) -> None:
+    assert verdict("gap_grows_with_n", _by_n(build, "mlp", lambda n: 0.88 - 0.01 * n)) == REPRODUCED
+    assert (
+        verdict("gap_grows_with_n", _by_n(build, "mlp", lambda n: 0.78 + 0.01 * n)) == CONTRADICTED
+    )
+    assert verdict("gap_grows_with_n", _by_n(build, "mlp", lambda n: 0.85)) == INCONCLUSIVE
 
 
-def test_a_check_that_raises_reads_not_measured_with_the_error() -> None:
-    def broken(rows: pd.DataFrame):
-        raise ValueError("bad column")
+def test_gap_shrinks_with_depth(build: SimpleNamespace) -> None:
+    def results(shallow_gap: float, deep_gap: float) -> Results:
+        b = build.Builder()
+        settings = {}
+        for n in (2, 10):
+            for arch, gap in (("resnet8", shallow_gap), ("resnet14", deep_gap)):
+                settings[("cifar10", arch, n)] = {"Ens Logits": 0.9, "Uniform Soup": 0.9 - gap}
+        return build.wvf(b, settings).results()
 
-    c = ClaimSpec("broken", "A broken check.", "", broken)(pd.DataFrame())
-    assert c.verdict == NOT_MEASURED
-    assert "ValueError: bad column" in c.measured
-
-
-def _table_rows(text: str) -> list[list[str]]:
-    lines = text.splitlines()
-    start = lines.index("| Finding | Measured here | Verdict |")
-    assert lines[start + 1] == "|---|---|---|"
-    body = []
-    for line in lines[start + 2 :]:
-        if not line.startswith("|"):
-            break
-        body.append([c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]])
-    return body
+    assert verdict("gap_shrinks_with_depth", results(0.08, 0.02)) == REPRODUCED
+    assert verdict("gap_shrinks_with_depth", results(0.02, 0.08)) == CONTRADICTED
+    assert verdict("gap_shrinks_with_depth", results(0.05, 0.05)) == INCONCLUSIVE
+    b = build.Builder()
+    only_one = build.wvf(b, {("cifar10", "resnet8", 2): {"Ens Logits": 0.9, "Uniform Soup": 0.8}})
+    assert verdict("gap_shrinks_with_depth", only_one.results()) == NOT_MEASURED
 
 
-def test_claims_md_has_one_table_row_per_claim(rows_all: pd.DataFrame, tmp_path: Path) -> None:
-    claims = evaluate_claims(rows_all)
-    path = write_claims_md(claims, tmp_path / "claims.md")
+def test_family_depth() -> None:
+    assert family_depth("resnet14") == ("resnet", 14)
+    assert family_depth("tv:vgg19_bn") == ("tv:vgg_bn", 19)
+    assert family_depth("tv:densenet121") == ("tv:densenet", 121)
+    assert family_depth("vit_small") is None and family_depth("resnet_small") is None
+
+
+# -- magnitude ---------------------------------------------------------------------------
+
+
+def test_magnitude_claims(build: SimpleNamespace) -> None:
+    robust = build.magnitude(build.Builder()).results()
+    fragile = build.magnitude(build.Builder(), robust_soup=False).results()
+    assert verdict("merging_robust_at_large_c", robust) == REPRODUCED
+    assert verdict("merging_robust_at_large_c", fragile) == CONTRADICTED
+    assert verdict("ens_features_robust_at_large_c", robust) == REPRODUCED
+    assert verdict("gap_peaks_at_some_factor", robust) == REPRODUCED
+
+
+def _flat_magnitude(
+    build: SimpleNamespace, soup: float, ens: float, feat: float, bn: str = "none"
+) -> Results:
+    b = build.Builder()
+    for f in (1, 10, 50, 100, 150):
+        common = {
+            "arch": "mlp",
+            "n_models": 2,
+            "magnitude": float(f),
+            "scaled": "all",
+            "tensors": "all",
+            "bn": bn,
+            "init": "shared",
+        }
+        for method, v in (("Uniform Soup", soup), ("Ens Logits", ens), ("Ens Features", feat)):
+            b.add("magnitude", method, v, **common)
+    return b.results()
+
+
+def test_magnitude_ties_are_ties(build: SimpleNamespace) -> None:
+    tie = _flat_magnitude(build, 0.1, 0.1, 0.1)  # everything collapsed to chance
+    claim = BY_KEY["merging_robust_at_large_c"](tie)
+    assert claim.verdict == INCONCLUSIVE and set(claim.details["judgement"]) == {"tie"}
+    assert (
+        verdict("ens_features_robust_at_large_c", _flat_magnitude(build, 0.5, 0.8, 0.5))
+        == CONTRADICTED
+    )
+
+
+def test_gap_peak_contradicted_by_a_monotone_gap(build: SimpleNamespace) -> None:
+    b = build.Builder()
+    for f in (1, 10, 50, 150):
+        common = {
+            "arch": "mlp",
+            "n_models": 2,
+            "magnitude": float(f),
+            "scaled": "all",
+            "tensors": "all",
+            "bn": "none",
+            "init": "shared",
+        }
+        b.add("magnitude", "Uniform Soup", 0.8, **common)
+        b.add("magnitude", "Ens Logits", 0.8 + 0.001 * f, **common)  # gap rises to the end
+    assert verdict("gap_peaks_at_some_factor", b.results()) == CONTRADICTED
+
+
+def test_magnitude_claims_use_the_papers_protocol_only(build: SimpleNamespace) -> None:
+    # Rows with BatchNorm's running statistics are another experiment: ignored by the claim.
+    assert (
+        verdict("merging_robust_at_large_c", _flat_magnitude(build, 0.9, 0.1, 0.1, bn="running"))
+        == NOT_MEASURED
+    )
+    assert (
+        verdict("merging_robust_at_large_c", _flat_magnitude(build, 0.9, 0.1, 0.1, bn="batch"))
+        == REPRODUCED
+    )
+
+
+# -- weights, cross task, templates ------------------------------------------------------
+
+
+def test_weight_claims(build: SimpleNamespace) -> None:
+    def results(**kw: float) -> Results:
+        return build.weight_stats(build.Builder(), **kw).results()
+
+    assert verdict("averaging_shrinks_weights", results(shrink=0.5)) == REPRODUCED
+    assert verdict("averaging_shrinks_weights", results(shrink=1.0)) == CONTRADICTED
+    assert verdict("averaging_shrinks_weights", results(shrink=0.95)) == INCONCLUSIVE
+    assert verdict("independent_variance_prediction", results(ratio=1.0)) == REPRODUCED
+    assert verdict("independent_variance_prediction", results(ratio=2.0)) == CONTRADICTED
+    assert verdict("independent_variance_prediction", results(ratio=1.25)) == INCONCLUSIVE
+
+
+def test_cross_task_claim(build: SimpleNamespace) -> None:
+    def results(soup: float) -> Results:
+        return build.cross_task(build.Builder(), soup=soup).results()
+
+    assert verdict("cross_task_merging_hurts", results(0.4)) == REPRODUCED
+    assert verdict("cross_task_merging_hurts", results(0.99)) == CONTRADICTED
+    assert verdict("cross_task_merging_hurts", results(0.9475)) == INCONCLUSIVE
+
+
+def test_template_claims(build: SimpleNamespace) -> None:
+    def results(**kw: float) -> Results:
+        return build.templates(build.Builder(), **kw).results()
+
+    assert verdict("templates_identify_their_class", results(identified=10)) == REPRODUCED
+    assert verdict("templates_identify_their_class", results(identified=0)) == CONTRADICTED
+    assert verdict("templates_identify_their_class", results(identified=2)) == INCONCLUSIVE
+    assert verdict("templates_beat_grand_mean", results(margin=0.3)) == REPRODUCED
+    assert verdict("templates_beat_grand_mean", results(margin=-0.2)) == CONTRADICTED
+    assert verdict("templates_beat_grand_mean", results(margin=0.0)) == INCONCLUSIVE
+
+
+def test_settings_that_disagree_make_a_claim_inconclusive(build: SimpleNamespace) -> None:
+    # Ens Features matches Ens Logits for three archs, but is 8 points off for the ViT:
+    # the pooled mean (2 points... within noise of 1) must not hide the ViT.
+    b = build.Builder()
+    settings = {}
+    for arch, diff in (("cnn", 0.0025), ("mlp", 0.0025), ("resnet8", 0.0), ("vit_small", -0.08)):
+        for d in ("cifar10", "cifar100"):
+            for n in (2, 5, 10):
+                settings[(d, arch, n)] = {"Ens Logits": 0.85, "Ens Features": 0.85 + diff}
+    claim = BY_KEY["ens_features_matches_logits"](build.wvf(b, settings).results())
+    assert claim.verdict != REPRODUCED
+    assert "vit_small" in claim.measured and "by arch" in claim.measured
+    b = build.Builder()
+    settings = {k: {"Ens Logits": 0.85, "Uniform Soup": 0.80 if k[1] != "vit_small" else 0.9}
+                for k in settings}  # fmt: skip
+    claim = BY_KEY["ens_logits_beats_uniform_soup"](build.wvf(b, settings).results())
+    assert claim.verdict == INCONCLUSIVE and "mixed" in claim.measured
+
+
+def test_linear_models_are_left_out_of_soup_vs_ensemble_claims(build: SimpleNamespace) -> None:
+    b = build.Builder()
+    build.wvf(b, {("cifar10", "linear", 2): {"Ens Logits": 0.5, "Uniform Soup": 0.9}})
+    build.wvf(b, {("cifar10", "mlp", 2): {"Ens Logits": 0.9, "Uniform Soup": 0.8}})
+    claim = BY_KEY["ens_logits_beats_uniform_soup"](b.results())
+    assert claim.verdict == REPRODUCED and set(claim.details["arch"]) == {"mlp"}
+
+
+def test_linear_soups_equal_their_ensembles_or_the_sanity_check_fails(build) -> None:
+    def check(us: float) -> bool | None:
+        b = build.Builder()
+        m = {"Uniform Soup": us, "Ens Logits": 0.9, "Ens Features": 0.9}
+        build.wvf(b, {("cifar10", "linear", n): m for n in (2, 5)})
+        return {s.key: s for s in run_sanity_checks(b.results())}[
+            "linear_soup_is_its_ensemble"
+        ].passed
+
+    assert check(0.9) is True
+    assert check(0.9 - 1 / 400) is True  # one example: float rounding at a tie
+    assert check(0.8) is False
+
+
+# -- every claim, missing studies, errors ------------------------------------------------
+
+
+def test_every_claim_reproduced_on_paper_like_results(results_all: Results) -> None:
+    claims = evaluate_claims(results_all)
+    assert [c.key for c in claims] == [c.key for c in CLAIMS]
+    assert {c.key: c.verdict for c in claims} == {c.key: REPRODUCED for c in claims}
+
+
+def test_empty_results_are_not_measured() -> None:
+    claims = evaluate_claims(pd.DataFrame())
+    assert {c.verdict for c in claims} == {NOT_MEASURED}
+    assert all(s.passed is None for s in run_sanity_checks(pd.DataFrame()))
+
+
+def test_a_claim_that_raises_is_not_measured_with_the_error(build: SimpleNamespace) -> None:
+    b = build.Builder()
+    build.wvf(b, {("cifar10", "mlp", 2): {"Ens Logits": 0.9, "Uniform Soup": 0.8}})
+    rows = b.results().rows
+    broken = Results(pd.concat([rows, rows[rows["method"] == "Ens Logits"]]), b.outcomes)
+    claim = BY_KEY["ens_logits_beats_uniform_soup"](broken)
+    assert claim.verdict == NOT_MEASURED and "could not be evaluated" in claim.measured
+
+
+def test_without_outcomes_there_is_no_interval(build: SimpleNamespace) -> None:
+    r = _pair_results(build, "Ens Logits", "Uniform Soup", 0.10)
+    claim = BY_KEY["ens_logits_beats_uniform_soup"](Results(r.rows, {}))
+    assert claim.verdict == INCONCLUSIVE and "no interval" in claim.measured
+
+
+# -- sanity checks -----------------------------------------------------------------------
+
+
+def test_sanity_checks_pass_and_fail(build: SimpleNamespace, results_all: Results) -> None:
+    assert all(s.passed is not False for s in run_sanity_checks(results_all))
+    b = build.Builder()
+    m = {"Greedy Soup": 0.70, "Best Individual": 0.75, "Uniform Soup": 0.7}
+    build.wvf(b, {("cifar10", "mlp", 2): m})
+    greedy = {s.key: s for s in run_sanity_checks(b.results())}["greedy_soup_at_least_best_on_val"]
+    assert greedy.passed is False and greedy.details is not None and len(greedy.details) == 1
+    broken = build.weight_stats(build.Builder(), bound_broken=True).results()
+    checks = {s.key: s.passed for s in run_sanity_checks(broken)}
+    assert checks["average_variance_bound"] is False and checks["average_max_abs_bound"] is True
+
+
+def test_claims_md(tmp_path, results_all: Results) -> None:  # type: ignore[no-untyped-def]
+    claims = evaluate_claims(results_all)
+    path = write_claims_md(claims, tmp_path / "claims.md", run_sanity_checks(results_all))
     text = path.read_text()
-    body = _table_rows(text)
-    assert len(body) == len(claims)
-    assert all(len(cells) == 3 for cells in body)  # "|w|" in a statement is escaped
-    assert [cells[2] for cells in body] == [f"**{c.verdict}**" for c in claims]
-    for c in claims:
+    assert text.count("**reproduced**") >= len(CLAIMS)
+    assert "## Sanity checks" in text and "**passed**" in text
+    for c in CLAIMS:
         assert f"## {c.key}" in text
-    assert 'honest "not reproduced" is a result' in text
-    assert not list(tmp_path.glob(".*tmp"))
-
-
-def test_claims_md_with_mixed_verdicts(build: SimpleNamespace, tmp_path: Path) -> None:
-    rows = pd.concat([build.cross_task_rows(soup=0.97), build.template_rows()])
-    claims = evaluate_claims(rows)
-    body = _table_rows(write_claims_md(claims, tmp_path / "claims.md").read_text())
-    verdicts = [cells[2] for cells in body]
-    assert verdicts.count(f"**{NOT_REPRODUCED}**") == 1
-    assert verdicts.count(f"**{REPRODUCED}**") == 1
-    assert verdicts.count(f"**{NOT_MEASURED}**") == len(claims) - 2

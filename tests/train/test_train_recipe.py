@@ -1,4 +1,5 @@
-"""Ingredient recipes: shared starts, cycling of lrs/augment, resuming, the CLI."""
+"""Ingredient recipes: shared starts, fresh heads, other sources, init checkpoints,
+cycling of lrs/augment, resuming, the CLI."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from mergelab.errors import MergeError
 from mergelab.io import load_state_dict
 from mergelab.train import (
     IngredientRecipe,
+    TrainingError,
     make_ingredients,
     read_train_config,
     start_checkpoint,
+    train_recipes,
 )
 from mergelab.train import trainer as trainer_module
 from mergelab.train_cli import add_train_parser
@@ -57,10 +60,26 @@ def test_lrs_and_augment_are_cycled_and_seeds_differ():
     plain = recipe(n_models=2).ingredient_configs()
     assert [c.lr for c in plain] == [0.02, 0.02]
     assert [c.augment for c in plain] == [False, False]
+    assert all(c.reset_head for c in plain)  # the paper's protocol: a fresh head per run
+    assert not any(c.reset_head for c in recipe(head="keep").ingredient_configs())
+    indep = recipe(mode="independent", pretrain=None)
+    assert not any(c.reset_head or c.init for c in indep.ingredient_configs())
+    assert r.all_configs() == [start, *configs]
+    assert indep.all_configs() == indep.ingredient_configs()
+
+
+def body(path) -> torch.Tensor:
+    sd = load_state_dict(path)
+    return torch.cat([v.flatten().double() for k, v in sd.items() if not k.startswith("head.")])
+
+
+def head(path) -> torch.Tensor:
+    sd = load_state_dict(path)
+    return torch.cat([sd["head.weight"].flatten(), sd["head.bias"]])
 
 
 def test_shared_ingredients_start_from_the_pretrained_weights(tmp_path):
-    shared = make_ingredients(recipe(), cache_dir=tmp_path, progress=False)
+    shared = make_ingredients(recipe(head="keep"), cache_dir=tmp_path, progress=False)
     start = start_checkpoint(recipe(), tmp_path)
     assert start is not None and start.is_file()
     theta0 = flat(start)
@@ -74,13 +93,28 @@ def test_shared_ingredients_start_from_the_pretrained_weights(tmp_path):
     assert max(shared_dist) < 0.2 * min(indep_dist)
     assert len({p.name for p in shared + indep}) == 6
     # zero fine-tuning steps: every ingredient *is* the shared start
-    frozen = make_ingredients(recipe(train={"steps": 0}), cache_dir=tmp_path, progress=False)
+    frozen = make_ingredients(
+        recipe(train={"steps": 0}, head="keep"), cache_dir=tmp_path, progress=False
+    )
     assert all(torch.equal(flat(p), theta0) for p in frozen)
     assert all(read_train_config(p).init == start.stem for p in frozen)
 
 
+def test_fresh_heads_differ_per_run_over_one_shared_body(tmp_path):
+    r = recipe(train={"steps": 0})  # head: fresh is the default
+    paths = make_ingredients(r, cache_dir=tmp_path, progress=False)
+    start = start_checkpoint(r, tmp_path)
+    assert all(torch.equal(body(p), body(start)) for p in paths)
+    heads = [head(p) for p in [start, *paths]]
+    assert all(
+        not torch.equal(a, b) for i, a in enumerate(heads) for b in heads[i + 1 :]
+    )  # start and every run: a head of its own
+    again = make_ingredients(r, cache_dir=tmp_path / "again", progress=False)
+    assert [p.read_bytes() for p in again] == [p.read_bytes() for p in paths]
+
+
 def test_shared_without_pretrain_shares_one_seeded_init(tmp_path):
-    r = recipe(pretrain=None, train={"steps": 0})
+    r = recipe(pretrain=None, train={"steps": 0}, head="keep")
     paths = make_ingredients(r, cache_dir=tmp_path, progress=False)
     start = start_checkpoint(r, tmp_path)
     assert all(torch.equal(flat(p), flat(start)) for p in paths)
@@ -130,6 +164,96 @@ def test_recipe_validation():
         IngredientRecipe(lrs=[0.1, -1])
     with pytest.raises(ValueError):
         IngredientRecipe(n_models=0)
+    with pytest.raises(ValueError, match="not both"):
+        IngredientRecipe(init="start.safetensors", pretrain={"steps": 1})
+    with pytest.raises(ValueError, match="independent"):
+        IngredientRecipe(mode="independent", init="start.safetensors")
+    with pytest.raises(ValueError, match="source"):
+        IngredientRecipe(init="start.safetensors", source="mnist5k")
+    with pytest.raises(ValueError, match="head"):
+        IngredientRecipe(head="new")
+    with pytest.raises(ValueError, match="train_slice"):
+        IngredientRecipe(pretrain={"train_fraction": 0.5})
+
+
+def test_sections_carry_their_train_slices():
+    r = recipe(
+        pretrain={"steps": 5, "train_slice": [0, 0.5]},
+        train={"steps": 5, "train_slice": [0.5, 1]},
+    )
+    start, *runs = r.all_configs()
+    assert start.train_slice == (0.0, 0.5)
+    assert all(c.train_slice == (0.5, 1.0) for c in runs)
+
+
+def test_source_dataset_start_is_built_for_the_target_input(tmp_path):
+    r = recipe(
+        source="mnist5k",
+        pretrain={"steps": 10, "batch_size": 32, "train_slice": [0, 0.1]},
+        n_models=2,
+    )
+    start = r.start_config()
+    assert start is not None
+    assert (start.dataset, start.in_chans, start.img_size) == ("mnist5k", 1, 8)
+    runs = r.ingredient_configs()
+    assert all((c.dataset, c.in_chans, c.img_size) == ("digits", 1, 8) for c in runs)
+    assert all(c.init == start.config_hash() and c.reset_head for c in runs)
+    paths = make_ingredients(r, cache_dir=tmp_path, progress=False)
+    start_path = start_checkpoint(r, tmp_path)
+    sidecar = json.loads(start_path.with_suffix(".json").read_text())
+    assert sidecar["config"]["dataset"] == "mnist5k" and sidecar["config"]["img_size"] == 8
+    # the start is an mnist5k model of 8x8 inputs: its first layer has 64 inputs
+    assert load_state_dict(start_path)["layers.0.weight"].shape == (32, 64)
+    assert all(load_state_dict(p)["layers.0.weight"].shape == (32, 64) for p in paths)
+    # explicit inputs win; a source equal to the dataset changes nothing
+    assert recipe(source="mnist5k", img_size=12).start_config().img_size == 12
+    assert recipe(source="digits").all_configs() == recipe().all_configs()
+    # independent mode ignores the source
+    indep = recipe(mode="independent", pretrain=None, source="mnist5k")
+    assert indep.ingredient_configs() == recipe(mode="independent", pretrain=None).all_configs()
+
+
+def test_init_checkpoint_is_the_shared_start(tmp_path):
+    from mergelab.io import save_state_dict
+    from mergelab.models import build_model
+
+    torch.manual_seed(3)
+    foreign = build_model("mlp", 5, in_chans=1, img_size=8, hidden=[32])  # 5 classes
+    ckpt = tmp_path / "pretrained.safetensors"
+    save_state_dict(foreign.state_dict(), ckpt)
+    r = recipe(init=str(ckpt), pretrain=None, train={"steps": 0}, n_models=2)
+    assert r.start_config() is None
+    assert [c.init for c in r.all_configs()] == [str(ckpt), str(ckpt)]
+    paths = make_ingredients(r, cache_dir=tmp_path / "cache", progress=False)
+    assert start_checkpoint(r, tmp_path / "cache") == ckpt
+    theta = load_state_dict(ckpt)
+    for p in paths:
+        sd = load_state_dict(p)
+        assert torch.equal(sd["layers.0.weight"], theta["layers.0.weight"])
+        assert sd["head.weight"].shape == (10, 32)  # a fresh 10-class head
+    # the hash follows the file's content, not its path
+    ckpt.write_bytes(ckpt.read_bytes())
+    assert [c.config_hash() for c in r.all_configs()] == [
+        read_train_config(p).config_hash() for p in paths
+    ]
+    with pytest.raises(TrainingError, match="shape mismatches"):
+        make_ingredients(
+            recipe(init=str(ckpt), pretrain=None, head="keep", train={"steps": 0}),
+            cache_dir=tmp_path / "cache",
+            progress=False,
+        )
+
+
+def test_train_recipes_shares_one_pool_and_dedupes(tmp_path):
+    a = recipe(n_models=2)
+    b = recipe(n_models=3)  # same start, its first two runs are a's
+    lines: list[str] = []
+    paths = train_recipes([a, b], cache_dir=tmp_path, progress=False, log=lines.append)
+    assert len(paths[0]) == 2 and len(paths[1]) == 3
+    assert paths[1][:2] == paths[0]
+    assert len(lines) == 4  # start + 3 distinct fine-tunes
+    assert "start" in lines[0] and lines[0].startswith("trained 1/4: mlp on digits")
+    assert make_ingredients(b, cache_dir=tmp_path, progress=False) == paths[1]
 
 
 def test_recipe_yaml_errors_name_the_field(tmp_path):
@@ -178,4 +302,7 @@ def test_cli_writes_ingredients_into_out(tmp_path, capsys):
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
     bad = parser.parse_args(["train", str(tmp_path / "missing.yaml"), "--out", str(out)])
     with pytest.raises(MergeError, match="cannot read"):
+        bad.run(bad)
+    bad = parser.parse_args([*argv, "--workers", "0"])
+    with pytest.raises(MergeError, match="--workers"):
         bad.run(bad)

@@ -18,10 +18,13 @@ import numpy as np
 __all__ = [
     "averaged_templates",
     "class_means",
+    "correlation_matrix",
     "half_mixed_templates",
+    "identified",
     "kernel_grid",
     "linear_templates",
     "merged_templates",
+    "own_class_margin",
     "template_correlation",
     "tile_images",
 ]
@@ -91,6 +94,46 @@ def template_correlation(templates: Any, means: Any) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         r = (a * b).sum(axis=1) / denom
     return np.where(denom > 0, r, np.nan)
+
+
+def correlation_matrix(templates: Any, means: Any) -> np.ndarray:
+    """Pearson r of every template (rows) with every mean image (columns), [C, C'];
+    NaN where either is constant. Row i's arg-max is the class template i looks most like."""
+    a = _array(templates)
+    b = _array(means)
+    a = a.reshape(len(a), -1)
+    b = b.reshape(len(b), -1)
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"templates have {a.shape[1]} values each, means {b.shape[1]}")
+    a = a - a.mean(axis=1, keepdims=True)
+    b = b - b.mean(axis=1, keepdims=True)
+    na = np.sqrt((a * a).sum(axis=1))
+    nb = np.sqrt((b * b).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (a @ b.T) / np.outer(na, nb)
+    return np.where(np.outer(na, nb) > 0, r, np.nan)
+
+
+def own_class_margin(templates: Any, means: Any) -> np.ndarray:
+    """Per template i: its correlation with class mean i minus its mean correlation with
+    the other class means. Class-specific resemblance: an image that looks like every
+    class a little (the grand mean) has margins that average exactly 0."""
+    r = correlation_matrix(templates, means)
+    c = len(r)
+    if c < 2 or r.shape[1] != c:
+        raise ValueError(f"need a square correlation matrix of >= 2 classes, got {r.shape}")
+    own = np.diag(r)
+    others = (np.nansum(r, axis=1) - own) / (c - 1)
+    return own - others
+
+
+def identified(templates: Any, means: Any) -> np.ndarray:
+    """1 for each template whose best-correlated mean image is its own class's (row i
+    against column i), else 0; a NaN row counts as not identified."""
+    r = correlation_matrix(templates, means)
+    best = np.argmax(np.where(np.isnan(r), -np.inf, r), axis=1)
+    ok = ~np.isnan(r).all(axis=1)
+    return ((best == np.arange(len(r))) & ok).astype(np.uint8)
 
 
 def half_mixed_templates(templates: Any) -> np.ndarray:

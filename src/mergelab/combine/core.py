@@ -47,6 +47,8 @@ METHODS = (
     "Ens Features*",
     "Greedy Ens Logits",
     "Greedy Ens Features",
+    "Greedy Ens Logits (own)",
+    "Greedy Ens Features (own)",
 )
 
 
@@ -212,7 +214,6 @@ def run_combinations(
     ingredients: Sequence[Ingredient],
     *,
     strict: bool = False,
-    members: Literal["own", "soup"] = "own",
     bn_recalibrate: bool = False,
     splits: Sequence[str] = ("val", "test"),
     methods: Sequence[str] = METHODS,
@@ -220,13 +221,12 @@ def run_combinations(
     """Compute ``methods`` (default: all of :data:`METHODS`) for the ingredients.
 
     Selection (ranking, greedy acceptance) uses only ``val``; the other ``splits`` are
-    evaluated for the final choices only. ``members="soup"`` gives the greedy ensembles the
-    greedy soup's members instead of their own greedy search (as Model Soups did).
+    evaluated for the final choices only. "Greedy Ens Logits/Features" ensemble the greedy
+    soup's members (as "Rethinking Weight-Averaged Model-merging" did); the "(own)"
+    variants run their own greedy search over the ensemble's val score.
     """
     if not ingredients:
         raise MergeError("no models to combine")
-    if members not in ("own", "soup"):
-        raise MergeError(f"members must be 'own' or 'soup', got {members!r}")
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise MergeError(f"unknown combination(s) {unknown}; known: {', '.join(METHODS)}")
@@ -263,15 +263,15 @@ def run_combinations(
         return soup_comb("Greedy Soup", soup_result.members, soup_result.steps)
 
     def greedy_ens(
-        method: str, logits_of: Callable[[tuple[int, ...], str], np.ndarray]
+        method: str, logits_of: Callable[[tuple[int, ...], str], np.ndarray], own: bool
     ) -> Callable[[], Combination]:
         def run() -> Combination:
-            if members == "soup":
-                assert soup_result is not None
-                chosen, steps = soup_result.members, []
-            else:
+            if own:
                 res = c.greedy_ensemble(logits_of)
                 chosen, steps = res.members, res.steps
+            else:
+                assert soup_result is not None
+                chosen, steps = soup_result.members, []
             logits = {s: logits_of(chosen, s) for s in splits}
             return Combination(method, "ensemble", chosen, logits, len(chosen), steps=steps)
 
@@ -285,8 +285,8 @@ def run_combinations(
         return run
 
     plan: dict[str, Callable[[], Combination]] = {
-        # The greedy soup runs first: "members='soup'" needs it, and the uniform soup may
-        # then reuse its last candidate's validation pass.
+        # The greedy soup runs first: the greedy ensembles take its members, and the
+        # uniform soup may then reuse its last candidate's validation pass.
         "Greedy Soup": greedy_soup,
         "Uniform Soup": lambda: soup_comb("Uniform Soup", everyone, []),
         "Ens Logits": ensemble("Ens Logits", lambda s: c.ens_logits(everyone, s)),
@@ -294,11 +294,15 @@ def run_combinations(
         "Ens Features*": ensemble(
             "Ens Features*", lambda s: c.ens_features(everyone, s, head_of=(0,))
         ),
-        "Greedy Ens Logits": greedy_ens("Greedy Ens Logits", c.ens_logits),
-        "Greedy Ens Features": greedy_ens("Greedy Ens Features", c.ens_features),
+        "Greedy Ens Logits": greedy_ens("Greedy Ens Logits", c.ens_logits, own=False),
+        "Greedy Ens Features": greedy_ens("Greedy Ens Features", c.ens_features, own=False),
+        "Greedy Ens Logits (own)": greedy_ens("Greedy Ens Logits (own)", c.ens_logits, own=True),
+        "Greedy Ens Features (own)": greedy_ens(
+            "Greedy Ens Features (own)", c.ens_features, own=True
+        ),
     }
     wanted = set(methods)
-    if members == "soup" and wanted & {"Greedy Ens Logits", "Greedy Ens Features"}:
+    if wanted & {"Greedy Ens Logits", "Greedy Ens Features"}:
         wanted.add("Greedy Soup")
     for method, fn in plan.items():
         if method in wanted:

@@ -14,6 +14,7 @@ from mergelab.data.embedded import load_digits, load_mnist5k
 from mergelab.data.errors import DatasetError
 from mergelab.data.imagefolder import load_imagefolder, load_tinyimagenet
 from mergelab.data.medmnist import MEDMNIST_CLASSES, load_medmnist
+from mergelab.data.subset import parse_classes, split_subset, subset_classes
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,10 @@ def known_datasets() -> tuple[str, ...]:
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
-    """``"cifar10:/data/c10"`` -> ("cifar10", "/data/c10"); no colon -> (name, None)."""
+    """``"cifar10:/data/c10"`` -> ("cifar10", "/data/c10"); no colon -> (name, None).
+
+    Takes a spec without its class-subset suffix (see ``subset.split_subset``).
+    """
     name, sep, rest = spec.partition(":")
     name = name.strip().lower()
     if not name:
@@ -84,7 +88,23 @@ def load_dataset(
     ``spec`` is ``NAME`` or ``NAME:PATH`` (see ``known_datasets()``); a relative PATH is
     taken inside ``root``, and a bare on-disk NAME uses ``root`` itself. ``options`` go
     to the loader (e.g. ``val_fraction``, ``attribute``, ``mean``/``std``).
+
+    A trailing class subset ``[...]`` (``mnist5k[0-4]``, ``cifar10:PATH[0,2,4]``) keeps only
+    those classes in every split, relabelled ``0..k-1`` in the order given; see
+    ``mergelab.data.subset`` for the grammar and what changes in ``info``.
     """
+    base_spec, subset = split_subset(spec)
+    classes = parse_classes(subset, spec=spec) if subset is not None else None
+    splits = _load_full(base_spec, seed=seed, root=root, options=options)
+    if classes is None:
+        return splits
+    return subset_classes(splits, classes, spec=spec)
+
+
+def _load_full(
+    spec: str, *, seed: int, root: str | Path | None, options: dict[str, Any]
+) -> DatasetSplits:
+    """``load_dataset`` without a class subset."""
     name, rest = parse_spec(spec)
     entry = DATASETS.get(name)
     if entry is None:

@@ -8,16 +8,16 @@ real name; an unreadable or mismatched entry is treated as missing and rewritten
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from mergelab.atomic import atomic_write
 
 __all__ = ["OutputCache", "Outputs", "atomic_write_bytes", "default_cache_dir"]
 
@@ -54,24 +54,8 @@ def default_cache_dir() -> Path:
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], writer: Any, *, fsync: bool = True) -> Path:
-    """Create ``path`` atomically: ``writer(file_object)`` fills a temp file beside it, which
-    is flushed, synced (unless ``fsync=False``) and renamed over ``path``; on any failure the
-    temp file is removed and an existing ``path`` is left untouched."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            writer(fh)
-            fh.flush()
-            if fsync:
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
+    """Create ``path`` atomically (:func:`mergelab.atomic.atomic_write`)."""
+    return atomic_write(path, writer, fsync=fsync)
 
 
 class OutputCache:

@@ -23,6 +23,7 @@ __all__ = [
     "log_softmax",
     "mean_auroc",
     "nll",
+    "nonfinite",
     "primary_metric",
     "sigmoid",
 ]
@@ -65,11 +66,17 @@ def _is_multilabel(logits: np.ndarray, targets: np.ndarray) -> bool:
 
 
 def accuracy(logits: np.ndarray, targets: np.ndarray) -> float:
-    """Top-1 accuracy (single-label); for multi-hot targets, accuracy of every 0.5 decision."""
+    """Top-1 accuracy (single-label); for multi-hot targets, accuracy of every 0.5 decision.
+
+    A sample whose logits hold NaN or infinity counts as wrong (an overflowed model has no
+    prediction; NumPy's arg-max would silently pick the NaN's position)."""
+    from mergelab.results import correct_examples
+
     logits, targets = _check(logits, targets)
     if _is_multilabel(logits, targets):
-        return float(((logits > 0) == (targets > 0.5)).mean())
-    return float((logits.argmax(axis=1) == targets).mean())
+        finite = np.isfinite(logits)
+        return float((((logits > 0) == (targets > 0.5)) & finite).mean())
+    return float(correct_examples(logits, targets).mean())
 
 
 def _average_ranks(x: np.ndarray) -> np.ndarray:
@@ -177,6 +184,13 @@ def ece(logits: np.ndarray, targets: np.ndarray, *, bins: int = ECE_BINS) -> flo
     return float(np.abs(acc_sum - conf_sum).sum() / len(conf))
 
 
+def nonfinite(logits: np.ndarray) -> float:
+    """Share of samples whose logits hold NaN or infinity (an overflowed model: scaled
+    weights multiply through the layers, and 100^19 is near the float32 limit)."""
+    logits = np.asarray(logits)
+    return float((~np.isfinite(logits).all(axis=1)).mean()) if len(logits) else float("nan")
+
+
 def primary_metric(multilabel: bool) -> str:
     """The metric that ranks and selects models: ``auroc`` for multi-label, else ``accuracy``."""
     return "auroc" if multilabel else "accuracy"
@@ -209,6 +223,8 @@ def compute_metrics(
             out[name] = nll(logits, targets)
         elif name == "ece":
             out[name] = ece(logits, targets)
+        elif name == "nonfinite":
+            out[name] = nonfinite(logits)
         else:
             raise ValueError(f"unknown metric {name!r}")
     return out

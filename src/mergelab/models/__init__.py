@@ -1,7 +1,8 @@
 """Build any classifier by name and split it uniformly into features + head.
 
-* :func:`build_model` - built-ins (``linear``, ``mlp``, ``cnn``, ``resnet_small``,
-  ``vit_small``), torchvision (``tv:``) and timm (``timm:``); never downloads weights.
+* :func:`build_model` - built-ins (``linear``, ``mlp``, ``cnn``, ``resnet8``/``resnet14``/
+  ``resnet20`` (``resnet_small`` = ``resnet8``), ``vit_small``), torchvision (``tv:``) and
+  timm (``timm:``); never downloads weights.
 * :func:`split_model` - ``FeatureHead`` with ``head(features(x)) == model(x)``.
 * :func:`load_weights` - load a checkpoint with an error listing every key/shape difference.
 * :func:`count_params`, :func:`count_flops` - size and compute.

@@ -1,7 +1,10 @@
 """Small built-in classifiers.
 
 They exist so that the embedded default experiments (MNIST-like 1x28x28 or digits-like 1x8x8
-inputs) train in seconds on a couple of CPU cores. Every built-in follows the same contract that
+inputs) train in seconds on a couple of CPU cores: ``linear``, ``mlp``, ``cnn`` (3 conv
+stages, 32/64/128 channels), the CIFAR ResNet-(6n+2) family ``resnet8``, ``resnet14``,
+``resnet20`` (1, 2, 3 basic blocks per stage, widths 16/32/64; ``resnet_small`` is
+``resnet8``) and ``vit_small``. Every built-in follows the same contract that
 :func:`mergelab.models.split_model` relies on: the last layer is an ``nn.Linear`` called ``head``
 and ``forward_features(x)`` returns exactly what ``head`` receives, shape ``(B, D)``.
 """
@@ -71,10 +74,15 @@ class MLPClassifier(BuiltinClassifier):
 class ConvNet(BuiltinClassifier):
     """(Conv3x3, ReLU, MaxPool2) per stage, then global average pool -> Linear head.
 
-    Global pooling makes it independent of the input size (8x8 and up).
+    Global pooling makes it independent of the input size (8x8 and up). The default three
+    stages (32, 64, 128 channels) pool a 28x28 image down to 3x3 before the global pool;
+    with two stages the pool averages 7x7 maps and the net is architecture-limited
+    (mnist5k: about 90 % test accuracy against 99 %).
     """
 
-    def __init__(self, in_chans: int, num_classes: int, channels: Sequence[int] = (32, 64)):
+    def __init__(
+        self, in_chans: int, num_classes: int, channels: Sequence[int] = (32, 64, 128)
+    ) -> None:
         super().__init__()
         if not 1 <= len(channels) <= 3:
             raise ValueError(f"cnn takes 1 to 3 conv layers, got channels={tuple(channels)}")
@@ -115,6 +123,8 @@ class BasicBlock(nn.Module):
 class SmallResNet(BuiltinClassifier):
     """CIFAR-style ResNet: 3x3 stem, 3 stages of basic blocks (strides 1, 2, 2), GAP, head.
 
+    With widths (16, 32, 64) and ``blocks`` n per stage this is He et al.'s CIFAR
+    ResNet-(6n+2): ``resnet8`` (n=1), ``resnet14`` (n=2), ``resnet20`` (n=3).
     BatchNorm is included on purpose: merging methods must handle (and repair) its statistics.
     """
 
@@ -150,11 +160,14 @@ class SmallResNet(BuiltinClassifier):
 
 
 def default_patch_size(img_size: int) -> int:
-    """Largest patch size in (16, 8, 4, 2, 1) dividing ``img_size`` with >= 4 patches per side.
+    """Largest patch size in (16, 8, 7, 4, 2) dividing ``img_size`` with >= 4 patches per side,
+    else 1.
 
-    8 -> 2 (4x4 patches), 28 -> 4 (7x7), 32 -> 8 (4x4), 224 -> 16 (14x14).
+    8 -> 2 (4x4 patches), 28 -> 7 (4x4), 32 -> 8 (4x4), 224 -> 16 (14x14). On 28 px images a
+    4x4 grid trains three times faster than 4 px patches (7x7) and, on a few thousand
+    MNIST images, reaches a higher accuracy (measured: 93 % against 83 % test accuracy).
     """
-    for p in (16, 8, 4, 2):
+    for p in (16, 8, 7, 4, 2):
         if img_size % p == 0 and img_size // p >= 4:
             return p
     return 1
@@ -249,8 +262,13 @@ def _cnn(num_classes: int, in_chans: int, img_size: int, **kw: object) -> nn.Mod
     return ConvNet(in_chans, num_classes, **kw)  # type: ignore[arg-type]
 
 
-def _resnet_small(num_classes: int, in_chans: int, img_size: int, **kw: object) -> nn.Module:
-    return SmallResNet(in_chans, num_classes, **kw)  # type: ignore[arg-type]
+def _resnet(blocks: int) -> Callable[..., nn.Module]:
+    def build(num_classes: int, in_chans: int, img_size: int, **kw: object) -> nn.Module:
+        kw.setdefault("blocks", blocks)
+        return SmallResNet(in_chans, num_classes, **kw)  # type: ignore[arg-type]
+
+    build.__name__ = f"_resnet{6 * blocks + 2}"
+    return build
 
 
 def _vit_small(num_classes: int, in_chans: int, img_size: int, **kw: object) -> nn.Module:
@@ -261,9 +279,13 @@ BUILTINS: dict[str, Callable[..., nn.Module]] = {
     "linear": _linear,
     "mlp": _mlp,
     "cnn": _cnn,
-    "resnet_small": _resnet_small,
+    "resnet_small": _resnet(1),
+    "resnet8": _resnet(1),
+    "resnet14": _resnet(2),
+    "resnet20": _resnet(3),
     "vit_small": _vit_small,
 }
+"""Built-in architectures by name (looked up before torchvision and timm)."""
 
 
 def build_builtin(

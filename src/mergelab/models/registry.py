@@ -102,7 +102,8 @@ def build_model(
 ) -> nn.Module:
     """Build an untrained classifier by name.
 
-    ``arch`` is a built-in (``linear``, ``mlp``, ``cnn``, ``resnet_small``, ``vit_small``),
+    ``arch`` is a built-in (``linear``, ``mlp``, ``cnn``, ``resnet8``/``resnet_small``,
+    ``resnet14``, ``resnet20``, ``vit_small``),
     ``tv:<name>`` for torchvision, ``timm:<name>`` for timm, or a bare name resolved in that
     order. Extra ``kwargs`` go to the underlying constructor. Nothing is downloaded.
     """

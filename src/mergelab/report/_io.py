@@ -2,33 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
+
+from mergelab.atomic import atomic_write
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "read_results", "write_results"]
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
     """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda fh: fh.write(data))
 
 
 def atomic_write_text(path: Path, text: str) -> Path:
@@ -36,8 +21,19 @@ def atomic_write_text(path: Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+_INTEGER_COLUMNS = ("n_models", "seed", "model", "batch", "class", "ndim", "numel", "depth")
+
+
 def write_results(rows: pd.DataFrame, out_dir: Path) -> Path:
-    """Write the tidy table as ``out_dir/results.csv`` (atomically) and return its path."""
+    """Write the tidy table as ``out_dir/results.csv`` (atomically) and return its path.
+    Counts and indices (N, seed, model, class, ...) are written as integers, not 10.0."""
+    rows = rows.copy()
+    for col in _INTEGER_COLUMNS:
+        if col in rows.columns:
+            values = pd.to_numeric(rows[col], errors="coerce")
+            finite = values.dropna()
+            if len(finite) and (finite == finite.round()).all():
+                rows[col] = values.astype("Int64")
     return atomic_write_text(Path(out_dir) / "results.csv", rows.to_csv(index=False))
 
 

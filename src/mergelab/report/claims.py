@@ -1,61 +1,97 @@
 """The findings of "Rethinking Weight-Averaged Model-merging", checked against our rows.
 
-Each claim is a callable ``claim(rows) -> Claim``: it reads only the tidy results table,
-computes the numbers it needs, and says "reproduced", "not reproduced" or, when the
-study that would test it did not run, "not measured". Every number in ``measured`` is
-computed here from the rows; the paper's own numbers appear only in ``paper``, as
-context. A "not reproduced" is a result, not an error.
+Each :class:`ClaimSpec` reads the results (rows and per-example outcomes), builds the
+contrasts the finding is about (:mod:`mergelab.report.verdicts`), and comes back
+*reproduced*, *contradicted* or *inconclusive*, with the pooled effect, its 95 % paired
+bootstrap interval and the verdict of every setting; *not measured* when the study that
+would test it did not run. The paper's own numbers appear only in ``paper``, as context.
 
-Conventions: a "point" is 0.01 when the metric is stored as a fraction in [0, 1] (the
-report shows such values as percentages) and 1.0 when it is stored in percent.
+Facts that hold by construction (a greedy soup is never below its best ingredient on val;
+an average's max |w| and variance never exceed the largest of its models') are not
+claims: they are :data:`SANITY_CHECKS`, which fail loudly when violated, since that can
+only mean a defect.
+
+Conventions: effects on accuracy are in points (0.01 of a fraction); "shared" rows are
+the paper's protocol (fine-tunes of one start), "independent" the contrast.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from mergelab.report._common import (
-    KEY_COLUMNS,
-    is_fraction,
-    magnitude_rows,
-    method_table,
-    normalize_rows,
-    primary_rows,
-    study_rows,
-)
 from mergelab.report._io import atomic_write_text
+from mergelab.report.frames import Results
+from mergelab.report.uncertainty import Interval, Unit
+from mergelab.report.verdicts import (
+    CONTRADICTED,
+    INCONCLUSIVE,
+    NOT_MEASURED,
+    REPRODUCED,
+    Cells,
+    Condition,
+    Verdict,
+    combine,
+    linear,
+    units_by,
+)
+from mergelab.studies.registry import (
+    CROSS_TASK,
+    MAGNITUDE,
+    TEMPLATES,
+    WEIGHT_STATS,
+    WVF,
+    Study,
+)
 
 __all__ = [
     "CLAIMS",
+    "CONTRADICTED",
+    "INCONCLUSIVE",
     "NOT_MEASURED",
-    "NOT_REPRODUCED",
     "REPRODUCED",
+    "SANITY_CHECKS",
     "Claim",
     "ClaimSpec",
+    "Sanity",
+    "SanitySpec",
     "evaluate_claims",
+    "family_depth",
     "markdown_table",
+    "run_sanity_checks",
     "write_claims_md",
 ]
 
-Verdict = Literal["reproduced", "not reproduced", "not measured"]
-REPRODUCED: Verdict = "reproduced"
-NOT_REPRODUCED: Verdict = "not reproduced"
-NOT_MEASURED: Verdict = "not measured"
-
 # Thresholds, stated in each claim's text so a reader can judge them.
-FEATURES_TOLERANCE_POINTS = 1.0  # (h) "matches": within one point
-FEATURES_MIN_FRACTION = 0.75  # (h) ... in at least this share of settings
-LARGE_FACTOR = 50.0  # (d) "large" scaling factors
-TEMPLATE_MIN_CORRELATION = 0.5  # (f)
-VARIANCE_RATIO_RANGE = (2.0 / 3.0, 1.5)  # (e) "close to the prediction"
-_EPS = 1e-9
+MATCH_POINTS = 1.0  # "matches": the difference lies within +-1 point
+LARGE_FACTOR = 50.0  # "large" scaling factors
+SHRINK_RATIO = 0.95  # "shrinks": the average keeps less than 95 % of the models' statistic
+PREDICTION_TOLERANCE = 0.25  # independent weights: measured/predicted variance within 1 +- 0.25
+PRIMARY_BN = ("none", "batch")  # BatchNorm as the paper's code evaluated it (batch statistics)
+# Models whose logits are linear in their parameters: their uniform soup IS their logit
+# ensemble (and their feature ensemble), so they tie by construction. They are left out of
+# the soup-vs-ensemble claims and checked as a sanity check instead.
+LINEAR_ARCHS = frozenset({"linear"})
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One condition of a claim: its pooled effect, interval (None without per-example
+    outcomes), unit, how many settings it pools, and what it says."""
+
+    label: str
+    estimate: float
+    interval: Interval | None
+    unit: str
+    settings: int
+    judgement: str
 
 
 @dataclass(frozen=True, eq=False)
@@ -68,511 +104,760 @@ class Claim:
     verdict: Verdict
     details: pd.DataFrame | None = None
     paper: str = ""
+    study: str = ""
+    conditions: tuple[Measured, ...] = ()
 
 
-CheckResult = tuple[str, Verdict, pd.DataFrame | None]
+Build = Callable[[Results], "list[Condition] | str"]
 
 
 @dataclass(frozen=True)
 class ClaimSpec:
-    """A claim's text and the check that measures it; calling it with rows gives a Claim.
-
-    A check that raises does not sink the report: the claim comes back "not measured"
-    with the error in ``measured``, where a reader sees it.
-    """
+    """A claim's text and the function that builds its conditions from the results (or
+    returns the reason it cannot be measured). Calling it with results gives a Claim; a
+    build that raises gives "not measured" with the error, where a reader sees it."""
 
     key: str
     statement: str
     paper: str
-    check: Callable[[pd.DataFrame], CheckResult]
+    study: Study
+    build: Build
 
-    def __call__(self, rows: pd.DataFrame) -> Claim:
+    def __call__(self, results: Results | pd.DataFrame) -> Claim:
+        results = Results.of_rows(results)
         try:
-            measured, verdict, details = self.check(normalize_rows(rows))
+            conditions = self.build(results)
         except Exception as exc:
-            measured, verdict, details = (
-                f"could not be evaluated: {type(exc).__name__}: {exc}",
+            conditions = f"could not be evaluated: {type(exc).__name__}: {exc}"
+        if isinstance(conditions, str):
+            return Claim(
+                self.key,
+                self.statement,
+                conditions,
                 NOT_MEASURED,
                 None,
+                self.paper,
+                self.study.name,
             )
-        return Claim(self.key, self.statement, measured, verdict, details, self.paper)
+        conditions = [c for c in conditions if c.units]
+        if not conditions:
+            return Claim(
+                self.key,
+                self.statement,
+                "no setting has the rows this claim needs",
+                NOT_MEASURED,
+                None,
+                self.paper,
+                self.study.name,
+            )
+        texts, judgements, frames, measured = [], [], [], []
+        for c in conditions:
+            judgement, pooled, details = c.evaluate()
+            judgements.append(judgement)
+            texts.append(c.describe(judgement, pooled, details))
+            frames.append(details)
+            estimate = pooled.estimate if pooled else float(details["estimate"].mean())
+            measured.append(Measured(c.label, estimate, pooled, c.unit, len(c.units), judgement))
+        verdict = combine(judgements)
+        details = pd.concat(frames, ignore_index=True)
+        return Claim(
+            self.key,
+            self.statement,
+            "; ".join(texts),
+            verdict,
+            details,
+            self.paper,
+            self.study.name,
+            tuple(measured),
+        )
 
 
 CLAIMS: list[ClaimSpec] = []
 
 
-def _claim(key: str, statement: str, paper: str = "") -> Callable[..., ClaimSpec]:
-    def register(check: Callable[[pd.DataFrame], CheckResult]) -> ClaimSpec:
-        spec = ClaimSpec(key, statement, paper, check)
+def _claim(key: str, study: Study, statement: str, paper: str = "") -> Callable[[Build], ClaimSpec]:
+    def register(build: Build) -> ClaimSpec:
+        spec = ClaimSpec(key, statement, paper, study, build)
         CLAIMS.append(spec)
         return spec
 
     return register
 
 
-def evaluate_claims(rows: pd.DataFrame, claims: list[ClaimSpec] | None = None) -> list[Claim]:
-    """Every claim (or the given ones), in order, evaluated on ``rows``."""
-    return [spec(rows) for spec in (CLAIMS if claims is None else claims)]
+def evaluate_claims(
+    results: Results | pd.DataFrame, claims: list[ClaimSpec] | None = None
+) -> list[Claim]:
+    """Every claim (or the given ones), in order, evaluated on ``results``."""
+    results = Results.of_rows(results)
+    return [spec(results) for spec in (CLAIMS if claims is None else claims)]
 
 
 # -- helpers -----------------------------------------------------------------------------
 
-
-def _scale(values: pd.Series | np.ndarray) -> float:
-    """100 for fractions (so differences read as points), 1 for values already in percent."""
-    return 100.0 if is_fraction(values) else 1.0
+_FAMILY = re.compile(r"^(?P<prefix>(?:tv:|timm:)?)(?P<family>[a-z_]+?)(?P<depth>\d+)(?P<bn>_bn)?$")
 
 
-def _share(n: int, total: int) -> str:
-    return f"{n}/{total} ({100.0 * n / total:.0f}%)"
-
-
-def _where(row: pd.Series) -> str:
-    parts = [str(row[c]) for c in ("dataset", "arch") if c in row.index and str(row[c])]
-    if "n_models" in row.index and not pd.isna(row["n_models"]):
-        parts.append(f"N={int(row['n_models'])}")
-    return "/".join(parts[:2]) + (f", {parts[2]}" if len(parts) > 2 else "")
-
-
-def _num(x: float, digits: int = 2, signed: bool = False) -> str:
-    if x is None or not math.isfinite(x):
-        return "n/a"
-    return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
-
-
-def _wvf_table(rows: pd.DataFrame, split: str) -> pd.DataFrame:
-    return method_table(study_rows(rows, "weights_vs_features"), split)
-
-
-def _not_measured(reason: str) -> CheckResult:
-    return reason, NOT_MEASURED, None
-
-
-# -- (a) ---------------------------------------------------------------------------------
-
-
-@_claim(
-    "ens_logits_beats_soups",
-    "Ens Logits beats every soup: its test metric is at least that of Uniform Soup and "
-    "Greedy Soup in every setting (dataset, architecture, model count).",
-    "VGG19, 10 models, CIFAR-100: Ens Logits 75.36 vs Uniform Soup 69.63 and Greedy Soup 70.25.",
-)
-def ens_logits_beats_soups(rows: pd.DataFrame) -> CheckResult:
-    t = _wvf_table(rows, "test")
-    soups = [c for c in ("Uniform Soup", "Greedy Soup") if c in t.columns]
-    if "Ens Logits" not in t.columns or not soups:
-        return _not_measured("no weights_vs_features test rows with Ens Logits and a soup")
-    t = t.dropna(subset=["Ens Logits"])
-    t = t.assign(best_soup=t[soups].max(axis=1, skipna=True)).dropna(subset=["best_soup"])
-    if t.empty:
-        return _not_measured("no setting has both Ens Logits and a soup")
-    k = _scale(t[["Ens Logits", *soups]].to_numpy().ravel())
-    t = t.assign(margin_points=(t["Ens Logits"] - t["best_soup"]) * k)
-    t = t.assign(holds=t["margin_points"] >= -_EPS)
-    n, total = int(t["holds"].sum()), len(t)
-    worst = t.loc[t["margin_points"].idxmin()]
-    measured = (
-        f"Ens Logits >= max(soups) in {_share(n, total)} settings; margin over the best "
-        f"soup: mean {_num(t['margin_points'].mean(), signed=True)} points, smallest "
-        f"{_num(worst['margin_points'], signed=True)} ({_where(worst)})"
-    )
-    details = t[[*KEY_COLUMNS, "Ens Logits", *soups, "margin_points", "holds"]]
-    return measured, REPRODUCED if n == total else NOT_REPRODUCED, details
-
-
-# -- (b) ---------------------------------------------------------------------------------
-
-
-@_claim(
-    "greedy_soup_not_below_best_individual",
-    "Greedy Soup is never below its best ingredient on the validation split (it starts "
-    "from the best model and only accepts ingredients that do not lower val accuracy).",
-    "Greedy soup as in Wortsman et al.; holds by construction, so a failure points to a "
-    "defect (the paper's public code halves the soup at each step).",
-)
-def greedy_soup_not_below_best(rows: pd.DataFrame) -> CheckResult:
-    t = _wvf_table(rows, "val")
-    if "Greedy Soup" not in t.columns or "Best Individual" not in t.columns:
-        return _not_measured("no weights_vs_features val rows with Greedy Soup and individuals")
-    t = t.dropna(subset=["Greedy Soup", "Best Individual"])
-    if t.empty:
-        return _not_measured("no setting has both Greedy Soup and Best Individual on val")
-    k = _scale(t[["Greedy Soup", "Best Individual"]].to_numpy().ravel())
-    t = t.assign(margin_points=(t["Greedy Soup"] - t["Best Individual"]) * k)
-    t = t.assign(holds=t["margin_points"] >= -_EPS * k)
-    n, total = int(t["holds"].sum()), len(t)
-    worst = t.loc[t["margin_points"].idxmin()]
-    measured = (
-        f"Greedy Soup val >= Best Individual val in {_share(n, total)} settings; smallest "
-        f"margin {_num(worst['margin_points'], signed=True)} points ({_where(worst)}), "
-        f"mean {_num(t['margin_points'].mean(), signed=True)}"
-    )
-    details = t[[*KEY_COLUMNS, "Greedy Soup", "Best Individual", "margin_points", "holds"]]
-    return measured, REPRODUCED if n == total else NOT_REPRODUCED, details
-
-
-# -- (c) ---------------------------------------------------------------------------------
+def family_depth(arch: str) -> tuple[str, int] | None:
+    """``resnet14`` -> ("resnet", 14), ``tv:vgg19_bn`` -> ("tv:vgg_bn", 19); None when the
+    name carries no depth (``vit_small``, ``resnet_small``)."""
+    m = _FAMILY.match(str(arch))
+    if m is None:
+        return None
+    return f"{m['prefix']}{m['family']}{m['bn'] or ''}", int(m["depth"])
 
 
 def _is_vit(arch: str) -> bool:
-    a = arch.lower()
+    a = str(arch).lower()
     return "vit" in a or "deit" in a
+
+
+def _wvf(results: Results, init: str = "shared") -> pd.DataFrame | str:
+    """Test rows of fine-tunes of one start, without the linear models (whose soups equal
+    their ensembles by construction)."""
+    rows = results.select(WVF, where={"init": init})
+    rows = rows[~rows["method"].isin(WVF.item_methods) & ~rows["arch"].isin(LINEAR_ARCHS)]
+    if rows.empty:
+        return f"no weights_vs_features test rows ({init} init, non-linear models)"
+    return rows
+
+
+def _pair(first: str, second: str, direction: str = "greater", threshold: float = 0.0) -> Build:
+    """Per (dataset, arch, N): ``first - second`` on test, pooled."""
+
+    def build(results: Results) -> list[Condition] | str:
+        rows = _wvf(results)
+        if isinstance(rows, str):
+            return rows
+        cond = Condition(f"{first} - {second}", direction, threshold, group_by="arch")  # type: ignore[arg-type]
+        units_by(
+            cond,
+            rows,
+            ["dataset", "arch", "n_models"],
+            linear((1, first, {}), (-1, second, {})),
+            results.vector,
+        )
+        return [cond]
+
+    return build
+
+
+def _gap(cells: Cells, **match: Any) -> Any:
+    el, us = cells("Ens Logits", **match), cells("Uniform Soup", **match)
+    return None if el is None or us is None else el - us
+
+
+# -- weights vs features -----------------------------------------------------------------
+
+_claim(
+    "ens_logits_beats_uniform_soup",
+    WVF,
+    "Ensembling logits beats the uniform soup: Ens Logits - Uniform Soup > 0 on test, "
+    "pooled over every setting (dataset, architecture, N) of fine-tunes from one start.",
+    "VGG19, 10 models, CIFAR-100: Ens Logits 75.36 vs Uniform Soup 69.63.",
+)(_pair("Ens Logits", "Uniform Soup"))
+
+_claim(
+    "ens_logits_beats_greedy_soup",
+    WVF,
+    "Ensembling logits beats the greedy soup: Ens Logits - Greedy Soup > 0 on test, pooled "
+    "over every setting.",
+    "VGG19, 10 models, CIFAR-100: Ens Logits 75.36 vs Greedy Soup 70.25.",
+)(_pair("Ens Logits", "Greedy Soup"))
+
+_claim(
+    "greedy_soup_beats_uniform_soup",
+    WVF,
+    "The greedy soup beats the uniform soup on test: Greedy Soup - Uniform Soup > 0, pooled "
+    "over every setting (selection used val only).",
+    "VGG19, 10 models, CIFAR-100: Greedy Soup 70.25 vs Uniform Soup 69.63.",
+)(_pair("Greedy Soup", "Uniform Soup"))
+
+_claim(
+    "ens_features_matches_logits",
+    WVF,
+    f"Ensembling features matches ensembling logits: |Ens Features - Ens Logits| <= "
+    f"{MATCH_POINTS:g} point on test, pooled over every setting.",
+    "VGG19, 10 models, CIFAR-100: Ens Features 74.96 vs Ens Logits 75.36.",
+)(_pair("Ens Features", "Ens Logits", "within", MATCH_POINTS))
+
+_claim(
+    "ens_features_star_matches",
+    WVF,
+    f"Mean features through one model's head match mean features through the averaged "
+    f"head: |Ens Features* - Ens Features| <= {MATCH_POINTS:g} point on test, pooled.",
+    "Ens Features* uses the first model's last layer; the paper reports both columns.",
+)(_pair("Ens Features*", "Ens Features", "within", MATCH_POINTS))
 
 
 @_claim(
     "vit_uniform_soup_degrades",
-    "Uniform soups of ViTs degrade as N grows: for ViT/DeiT architectures the Uniform "
-    "Soup test metric at the largest N is below that at the smallest N and below the "
-    "average of the individual models (Perf Ave).",
+    WVF,
+    "Uniform soups of ViTs degrade as N grows: for ViT/DeiT architectures, Uniform Soup at "
+    "the smallest N - Uniform Soup at the largest N > 0, and Perf Ave - Uniform Soup at the "
+    "largest N > 0.",
     "DeiT-Tiny, TinyImageNet: average individual 66.8, 10-model uniform soup 8.9.",
 )
-def vit_uniform_soup_degrades(rows: pd.DataFrame) -> CheckResult:
-    t = _wvf_table(rows, "test")
-    if "Uniform Soup" not in t.columns:
-        return _not_measured("no weights_vs_features test rows with Uniform Soup")
-    t = t.dropna(subset=["Uniform Soup"])
-    if "Perf Ave" not in t.columns:
-        t = t.assign(**{"Perf Ave": np.nan})
-    out = []
-    for (dataset, arch, metric), g in t.groupby(["dataset", "arch", "metric"], sort=True):
-        if g["n_models"].nunique() < 2:
-            continue
-        g = g.sort_values("n_models")
-        lo, hi = g.iloc[0], g.iloc[-1]
-        below_small = bool(hi["Uniform Soup"] < lo["Uniform Soup"])
-        below_ave = bool(hi["Uniform Soup"] < hi["Perf Ave"]) if pd.notna(hi["Perf Ave"]) else None
-        out.append(
-            {
-                "dataset": dataset,
-                "arch": arch,
-                "metric": metric,
-                "vit": _is_vit(arch),
-                "n_small": int(lo["n_models"]),
-                "n_large": int(hi["n_models"]),
-                "soup_small": lo["Uniform Soup"],
-                "soup_large": hi["Uniform Soup"],
-                "perf_ave_large": hi["Perf Ave"],
-                "below_small_n": below_small,
-                "below_perf_ave": below_ave,
-                "holds": below_small and below_ave is not False,
-            }
-        )
-    details = pd.DataFrame(out)
-    vit = details[details["vit"]] if not details.empty else details
-    if vit.empty:
-        return _not_measured("no ViT/DeiT architecture with at least two model counts")
-    k = _scale(details[["soup_small", "soup_large", "perf_ave_large"]].to_numpy().ravel())
-    n, total = int(vit["holds"].sum()), len(vit)
-    examples = "; ".join(
-        f"{r.dataset}/{r.arch}: {_num(r.soup_small * k)} (N={r.n_small}) -> "
-        f"{_num(r.soup_large * k)} (N={r.n_large}), Perf Ave {_num(r.perf_ave_large * k)}"
-        for r in vit.head(3).itertuples()
+def _vit_degrades(results: Results) -> list[Condition] | str:
+    rows = _wvf(results)
+    if isinstance(rows, str):
+        return rows
+    rows = rows[rows["arch"].map(_is_vit)]
+    if rows.empty:
+        return "no ViT/DeiT architecture in the weights_vs_features rows"
+
+    def by_n(cells: Cells) -> Any:
+        ns = cells.values("n_models")
+        if len(ns) < 2:
+            return None
+        lo, hi = cells("Uniform Soup", n_models=ns[0]), cells("Uniform Soup", n_models=ns[-1])
+        return None if lo is None or hi is None else lo - hi
+
+    def below_ave(cells: Cells) -> Any:
+        n = cells.values("n_models")[-1]
+        ave, soup = cells("Perf Ave", n_models=n), cells("Uniform Soup", n_models=n)
+        return None if ave is None or soup is None else ave - soup
+
+    a = units_by(
+        Condition("Uniform Soup(N min) - Uniform Soup(N max)", "greater"),
+        rows,
+        ["dataset", "arch"],
+        by_n,
+        results.vector,
     )
-    measured = f"degrades in {_share(n, total)} ViT settings ({examples})"
-    other = details[~details["vit"]]
-    if not other.empty:
-        measured += (
-            f"; for comparison, other archs: {_share(int(other['holds'].sum()), len(other))}"
-        )
-    if vit["below_perf_ave"].isna().any():
-        measured += "; Perf Ave missing for some settings (compared with smallest N only)"
-    return measured, REPRODUCED if n == total else NOT_REPRODUCED, details
-
-
-# -- (d) ---------------------------------------------------------------------------------
-
-
-@_claim(
-    "merging_robust_to_magnitude",
-    f"Merging is more robust than ensembling at large factors: when every model's "
-    f"parameters are scaled by c >= {LARGE_FACTOR:g}, Uniform Soup loses less test accuracy "
-    f"(relative to c = 1) than Ens Logits at most points and on average.",
-    "Scaling factors x1 ... x150: merged models stay more robust than logit ensembles.",
-)
-def merging_robust_to_magnitude(rows: pd.DataFrame) -> CheckResult:
-    mag = primary_rows(magnitude_rows(study_rows(rows, "magnitude")))
-    if (mag["split"] == "test").any():
-        mag = mag[mag["split"] == "test"]
-    mag = mag[mag["method"].isin(["Uniform Soup", "Ens Logits"])].dropna(subset=["value"])
-    mag = mag.dropna(subset=["magnitude"])
-    default = mag[(mag["scaled"] == "all") & (mag["tensors"] == "all")]
-    options = "scaled=all, tensors=all"
-    if default.empty:
-        default, options = mag, "all options present"
-    if default.empty:
-        return _not_measured("no magnitude rows with Uniform Soup and Ens Logits")
-    keys = ["dataset", "arch", "n_models", "scaled", "tensors"]
-    wide = (
-        default.groupby([*keys, "magnitude", "method"], dropna=False)["value"]
-        .mean()
-        .unstack("method")
+    b = units_by(
+        Condition("Perf Ave(N max) - Uniform Soup(N max)", "greater"),
+        rows,
+        ["dataset", "arch"],
+        below_ave,
+        results.vector,
     )
-    if not {"Uniform Soup", "Ens Logits"} <= set(wide.columns):
-        return _not_measured("magnitude rows lack Uniform Soup or Ens Logits")
-    k = _scale(wide.to_numpy().ravel())
-    out = []
-    for key, g in wide.groupby(level=keys, dropna=False):
-        g = g.droplevel(keys)
-        if 1.0 not in g.index:
-            continue
-        base = g.loc[1.0]
-        for factor, r in g[g.index >= LARGE_FACTOR].iterrows():
-            drop_us = (base["Uniform Soup"] - r["Uniform Soup"]) * k
-            drop_el = (base["Ens Logits"] - r["Ens Logits"]) * k
-            if not (math.isfinite(drop_us) and math.isfinite(drop_el)):
-                continue
-            out.append(
-                {
-                    **dict(zip(keys, key, strict=True)),
-                    "magnitude": factor,
-                    "soup_drop_points": drop_us,
-                    "ens_logits_drop_points": drop_el,
-                    "holds": bool(drop_us < drop_el),
-                }
-            )
-    if not out:
-        return _not_measured(f"no factor >= {LARGE_FACTOR:g} with a factor-1 baseline")
-    details = pd.DataFrame(out)
-    n, total = int(details["holds"].sum()), len(details)
-    mean_us = details["soup_drop_points"].mean()
-    mean_el = details["ens_logits_drop_points"].mean()
-    measured = (
-        f"at factors >= {LARGE_FACTOR:g} ({options}), Uniform Soup dropped less than Ens "
-        f"Logits at {_share(n, total)} points; mean drop {_num(mean_us)} points (Uniform "
-        f"Soup) vs {_num(mean_el)} (Ens Logits)"
-    )
-    ok = n > total / 2 and mean_us < mean_el
-    return measured, REPRODUCED if ok else NOT_REPRODUCED, details
-
-
-# -- (e) ---------------------------------------------------------------------------------
-
-
-@_claim(
-    "averaging_shrinks_weights",
-    "Averaging shrinks max |w| and variance: in every tensor the average's max |w| and "
-    "variance are at most the largest of the models', and for independently trained "
-    "models the average's variance is close to the prediction sum(s_i^2)/N^2 "
-    f"(median ratio within [{VARIANCE_RATIO_RANGE[0]:.2f}, {VARIANCE_RATIO_RANGE[1]:.2f}]).",
-    "Var of the mean of two = (s1^2 + s2^2) / 4.",
-)
-def averaging_shrinks_weights(rows: pd.DataFrame) -> CheckResult:
-    ws = study_rows(rows, "weight_stats")
-    if "layer" not in ws.columns or ws.empty:
-        return _not_measured("no weight_stats rows")
-    ws = ws.dropna(subset=["value"])
-    keys = ["dataset", "arch", "n_models", "layer"]
-    if "init" in ws.columns:
-        ws = ws.assign(init=ws["init"].astype(object).where(ws["init"].notna(), "").astype(str))
-        keys.append("init")
-    avg = ws[ws["method"] == "average"]
-    stats = avg.groupby([*keys, "metric"], dropna=False)["value"].mean().unstack("metric")
-    models = ws[ws["method"] == "model"]
-    model_max = models.groupby([*keys, "metric"], dropna=False)["value"].max().unstack("metric")
-
-    bounds = pd.DataFrame(index=stats.index)
-    for metric, given in (("max_abs", "max_abs_bound_holds"), ("variance", "variance_bound_holds")):
-        col = f"{metric}_bound_holds"
-        if given in stats.columns:
-            bounds[col] = stats[given] > 0.5
-        elif metric in stats.columns and metric in model_max.columns:
-            m = model_max[metric].reindex(stats.index)
-            derived = stats[metric] <= m * (1 + 1e-6) + 1e-12
-            bounds[col] = derived.where(m.notna())
-    bounds = bounds.dropna(how="all")
-    if bounds.empty:
-        return _not_measured("weight_stats rows hold no bound checks nor model/average stats")
-
-    parts, ok = [], True
-    for col, label in (("max_abs_bound_holds", "max |w|"), ("variance_bound_holds", "variance")):
-        if col in bounds.columns:
-            v = bounds[col].dropna().astype(bool)
-            parts.append(f"{label} bound holds in {_share(int(v.sum()), len(v))} tensors")
-            ok &= bool(v.all())
-    details = bounds.copy()
-    ratio_text = "variance prediction not measured (no predicted_variance rows)"
-    if {"variance", "predicted_variance"} <= set(stats.columns):
-        pred = stats["predicted_variance"].where(stats["predicted_variance"] > 0)
-        ratio = (stats["variance"] / pred).rename("variance_ratio")
-        details = details.join(ratio, how="outer")
-        ratio = ratio.dropna()
-        inits = ratio.index.get_level_values("init") if "init" in keys else None
-        if inits is not None and (inits == "independent").any():
-            indep, scope = ratio[inits == "independent"], "independent inits"
-        elif inits is not None and (inits != "").any():
-            indep, scope = ratio.iloc[0:0], ""
-        else:
-            indep, scope = ratio, "init not recorded"
-        if len(indep):
-            med = float(indep.median())
-            lo, hi = VARIANCE_RATIO_RANGE
-            ratio_text = (
-                f"measured/predicted variance of the average: median {_num(med, 3)} "
-                f"({scope}, {len(indep)} tensors)"
-            )
-            ok &= lo <= med <= hi
-        else:
-            ratio_text = "variance prediction not checked (no independently trained models)"
-        if inits is not None:
-            for init in sorted(set(inits) - {"independent", ""}):
-                r = ratio[inits == init]
-                if len(r):
-                    ratio_text += f"; {init} init: median {_num(float(r.median()), 3)}"
-    measured = "; ".join([*parts, ratio_text])
-    return measured, REPRODUCED if ok else NOT_REPRODUCED, details.reset_index()
-
-
-# -- (f) ---------------------------------------------------------------------------------
-
-
-@_claim(
-    "classifier_templates",
-    "A linear classifier's weights look like class-mean images: the median correlation "
-    f"between a class's weight row and its class-mean image exceeds "
-    f"{TEMPLATE_MIN_CORRELATION:g} on every dataset.",
-    "Shown qualitatively (weight rows reshaped to the image beside the class means).",
-)
-def classifier_templates(rows: pd.DataFrame) -> CheckResult:
-    tp = study_rows(rows, "templates")
-    tp = tp[tp["metric"] == "template_correlation"].dropna(subset=["value"])
-    if tp.empty or not (tp["method"] == "classifier").any():
-        return _not_measured("no template_correlation rows for the classifier")
-    details = (
-        tp.groupby(["dataset", "arch", "method"])["value"]
-        .agg(median="median", min="min", classes="count")
-        .reset_index()
-    )
-    cls = details[details["method"] == "classifier"]
-    cls = cls.assign(holds=cls["median"] > TEMPLATE_MIN_CORRELATION)
-    details = details.merge(cls[["dataset", "arch", "method", "holds"]], how="left")
-    per = ", ".join(
-        f"{r.dataset}: {_num(r.median, 3)} ({r.classes} classes)" for r in cls.itertuples()
-    )
-    n, total = int(cls["holds"].sum()), len(cls)
-    measured = (
-        f"median classifier template correlation > {TEMPLATE_MIN_CORRELATION:g} on "
-        f"{_share(n, total)} datasets ({per})"
-    )
-    for method in ("merged_halves", "merged_two_models"):
-        m = tp[tp["method"] == method]
-        if len(m):
-            measured += f"; {method}: median {_num(float(m['value'].median()), 3)}"
-    return measured, REPRODUCED if n == total else NOT_REPRODUCED, details
-
-
-# -- (g) ---------------------------------------------------------------------------------
+    return [a, b]
 
 
 @_claim(
     "gap_grows_with_n",
-    "The gap between Ens Logits and Uniform Soup grows with the number of models: the "
-    "least-squares slope of (Ens Logits - Uniform Soup) against N is positive in most "
-    "(more than half of the) dataset/architecture settings.",
+    WVF,
+    "The gap between Ens Logits and Uniform Soup grows with the number of models: "
+    "gap(N max) - gap(N min) > 0, pooled over dataset/architecture settings.",
     "Figure of the gap against model count (2 ... 10 models).",
 )
-def gap_grows_with_n(rows: pd.DataFrame) -> CheckResult:
-    t = _wvf_table(rows, "test")
-    if not {"Ens Logits", "Uniform Soup"} <= set(t.columns):
-        return _not_measured("no weights_vs_features test rows with Ens Logits and Uniform Soup")
-    t = t.dropna(subset=["Ens Logits", "Uniform Soup"])
-    k = _scale(t[["Ens Logits", "Uniform Soup"]].to_numpy().ravel())
-    t = t.assign(gap=(t["Ens Logits"] - t["Uniform Soup"]) * k)
-    out = []
-    for (dataset, arch, metric), g in t.groupby(["dataset", "arch", "metric"], sort=True):
-        if g["n_models"].nunique() < 2:
-            continue
-        g = g.sort_values("n_models")
-        slope = float(np.polyfit(g["n_models"].to_numpy(float), g["gap"].to_numpy(float), 1)[0])
-        out.append(
-            {
-                "dataset": dataset,
-                "arch": arch,
-                "metric": metric,
-                "n_values": ",".join(str(int(n)) for n in g["n_models"]),
-                "gap_points": ",".join(_num(v) for v in g["gap"]),
-                "slope_points_per_model": slope,
-                "holds": slope > 0,
-            }
+def _gap_grows(results: Results) -> list[Condition] | str:
+    rows = _wvf(results)
+    if isinstance(rows, str):
+        return rows
+
+    def contrast(cells: Cells) -> Any:
+        ns = cells.values("n_models")
+        if len(ns) < 2:
+            return None
+        hi, lo = _gap(cells, n_models=ns[-1]), _gap(cells, n_models=ns[0])
+        return None if hi is None or lo is None else hi - lo
+
+    return [
+        units_by(
+            Condition("gap(N max) - gap(N min)", "greater", group_by="arch"),
+            rows,
+            ["dataset", "arch"],
+            contrast,
+            results.vector,
         )
-    if not out:
-        return _not_measured("no setting with at least two model counts")
-    details = pd.DataFrame(out)
-    n, total = int(details["holds"].sum()), len(details)
-    med = float(details["slope_points_per_model"].median())
-    measured = (
-        f"slope > 0 in {_share(n, total)} settings; median slope "
-        f"{_num(med, 3, signed=True)} points per added model"
-    )
-    return measured, REPRODUCED if n > total / 2 else NOT_REPRODUCED, details
-
-
-# -- (h) ---------------------------------------------------------------------------------
+    ]
 
 
 @_claim(
-    "ens_features_matches_logits",
-    f"Ens Features matches Ens Logits: their test metrics differ by at most "
-    f"{FEATURES_TOLERANCE_POINTS:g} point in at least {FEATURES_MIN_FRACTION:.0%} of settings.",
-    "VGG19, 10 models, CIFAR-100: Ens Features 74.96 vs Ens Logits 75.36.",
+    "gap_shrinks_with_depth",
+    WVF,
+    "The gap between Ens Logits and Uniform Soup shrinks with depth: within a family of "
+    "architectures at several depths (resnet8/resnet14, vgg11/vgg19, ...), gap(shallowest) - "
+    "gap(deepest) > 0 at every N, pooled.",
+    "The paper compares depths within ResNet, DenseNet and VGG families.",
 )
-def ens_features_matches_logits(rows: pd.DataFrame) -> CheckResult:
-    t = _wvf_table(rows, "test")
-    if not {"Ens Logits", "Ens Features"} <= set(t.columns):
-        return _not_measured("no weights_vs_features test rows with Ens Logits and Ens Features")
-    t = t.dropna(subset=["Ens Logits", "Ens Features"])
-    if t.empty:
-        return _not_measured("no setting has both Ens Logits and Ens Features")
-    k = _scale(t[["Ens Logits", "Ens Features"]].to_numpy().ravel())
-    t = t.assign(diff_points=(t["Ens Features"] - t["Ens Logits"]) * k)
-    t = t.assign(holds=t["diff_points"].abs() <= FEATURES_TOLERANCE_POINTS + _EPS)
-    n, total = int(t["holds"].sum()), len(t)
-    worst = t.loc[t["diff_points"].abs().idxmax()]
-    measured = (
-        f"within {FEATURES_TOLERANCE_POINTS:g} point in {_share(n, total)} settings; median "
-        f"|Ens Features - Ens Logits| {_num(float(t['diff_points'].abs().median()))} points, "
-        f"largest {_num(worst['diff_points'], signed=True)} ({_where(worst)})"
+def _gap_depth(results: Results) -> list[Condition] | str:
+    rows = _wvf(results)
+    if isinstance(rows, str):
+        return rows
+    fd = rows["arch"].map(family_depth)
+    rows = rows.assign(
+        family=[f[0] if f else "" for f in fd], depth=[f[1] if f else np.nan for f in fd]
     )
-    details = t[[*KEY_COLUMNS, "Ens Logits", "Ens Features", "diff_points", "holds"]]
-    ok = n / total >= FEATURES_MIN_FRACTION
-    return measured, REPRODUCED if ok else NOT_REPRODUCED, details
+    rows = rows[rows["family"] != ""]
+    depths = rows.groupby(["dataset", "family"])["depth"].transform("nunique")
+    rows = rows[depths >= 2]
+    if rows.empty:
+        return "no architecture family trained at two or more depths"
+
+    def contrast(cells: Cells) -> Any:
+        d = cells.values("depth")
+        shallow, deep = _gap(cells, depth=d[0]), _gap(cells, depth=d[-1])
+        return None if shallow is None or deep is None else shallow - deep
+
+    cond = Condition("gap(shallowest) - gap(deepest)", "greater")
+    return [units_by(cond, rows, ["dataset", "family", "n_models"], contrast, results.vector)]
 
 
-# -- (i) ---------------------------------------------------------------------------------
+# -- magnitude ---------------------------------------------------------------------------
+
+
+def _magnitude(results: Results, scaled: str = "all") -> pd.DataFrame | str:
+    """Magnitude rows of the paper's protocol (every tensor scaled; BatchNorm with batch
+    statistics) for one choice of scaled models, without the linear models."""
+    rows = results.select(
+        MAGNITUDE, where={"scaled": scaled, "tensors": "all", "bn": PRIMARY_BN, "init": "shared"}
+    )
+    rows = rows[~rows["arch"].isin(LINEAR_ARCHS)]
+    if rows.empty:
+        return f"no magnitude rows with scaled={scaled} (every tensor, non-linear models)"
+    return rows
+
+
+_SCALED = {
+    "all": "every model scaled",
+    "first": "only the first model scaled",
+    "all_but_first": "all but the first scaled",
+}
+
+
+def _at_large(method: str, other: str) -> Build:
+    """One condition per choice of scaled models: ``method - other`` at every factor
+    >= LARGE_FACTOR, pooled over architectures, N and factors (per N in the details)."""
+
+    def build(results: Results) -> list[Condition] | str:
+        out = []
+        for scaled, text in _SCALED.items():
+            rows = _magnitude(results, scaled)
+            if isinstance(rows, str):
+                continue
+            rows = rows[rows["magnitude"] >= LARGE_FACTOR]
+            cond = Condition(f"{text}: {method} - {other}", "greater", group_by="arch")
+            out.append(
+                units_by(
+                    cond,
+                    rows,
+                    ["dataset", "arch", "n_models", "magnitude"],
+                    linear((1, method, {}), (-1, other, {})),
+                    results.vector,
+                )
+            )
+        return out or f"no magnitude rows at c >= {LARGE_FACTOR:g}"
+
+    return build
+
+
+_claim(
+    "merging_robust_at_large_c",
+    MAGNITUDE,
+    f"Merging is more robust than ensembling to weight magnitude: with parameters scaled by "
+    f"c >= {LARGE_FACTOR:g}, Uniform Soup - Ens Logits > 0 in test accuracy, whether every "
+    f"model, only the first, or all but the first is scaled (each pooled over architectures, "
+    f"N and factors; per N in the details; BatchNorm as the paper's code ran it, with batch "
+    f"statistics; linear models, whose soup is their ensemble, left out).",
+    "Scaling factors x1 ... x150: merged models stay more robust than logit ensembles.",
+)(_at_large("Uniform Soup", "Ens Logits"))
+
+_claim(
+    "ens_features_robust_at_large_c",
+    MAGNITUDE,
+    f"Ensembling features is more robust to magnitude than ensembling logits: at c >= "
+    f"{LARGE_FACTOR:g}, Ens Features - Ens Logits > 0, for each choice of scaled models.",
+    "Magnitude figures: Ens Features degrades less than Ens Logits.",
+)(_at_large("Ens Features", "Ens Logits"))
+
+
+def _halves(v: Any) -> tuple[Any, Any]:
+    """(even, odd) examples of a per-example vector; a scalar (no vectors) for both."""
+    if isinstance(v, np.ndarray):
+        return v[0::2], v[1::2]
+    return v, v
 
 
 @_claim(
-    "cross_task_merging_fails",
-    "Averaging a model with one trained on a different task hurts: on task A, the uniform "
-    "soup of model A and model B is below model A in every pair.",
+    "gap_peaks_at_some_factor",
+    MAGNITUDE,
+    "The Ens Logits - Uniform Soup gap peaks at an intermediate factor (every model scaled): "
+    "with c* the interior factor of largest gap, gap(c*) - gap(1) > 0 and gap(c*) - gap(c "
+    "max) > 0, pooled over architectures and N. c* is chosen on the even test examples and "
+    "the contrasts are measured on the odd ones, so choosing the peak does not bias them; an "
+    "end point significantly above the chosen interior factor contradicts the claim.",
+    "Figure of the gap against the scaling factor.",
+)
+def _gap_peaks(results: Results) -> list[Condition] | str:
+    rows = _magnitude(results)
+    if isinstance(rows, str):
+        return rows
+
+    def against(end: str) -> Callable[[Cells], Any]:
+        def contrast(cells: Cells) -> Any:
+            cs = cells.values("magnitude")
+            if len(cs) < 3:
+                return None
+            gaps = {c: _gap(cells, magnitude=c) for c in cs}
+            if any(v is None for v in gaps.values()):
+                return None
+            star = max(cs[1:-1], key=lambda c: float(np.mean(_halves(gaps[c])[0])))
+            other = cs[0] if end == "first" else cs[-1]
+            return _halves(gaps[star])[1] - _halves(gaps[other])[1]
+
+        return contrast
+
+    by = ["dataset", "arch", "n_models"]
+
+    def testset(k: dict[str, Any]) -> str:
+        return f"{k['dataset']}/odd"
+
+    return [
+        units_by(
+            Condition("gap(c*) - gap(1)", "greater", group_by="arch"),
+            rows,
+            by,
+            against("first"),
+            results.vector,
+            testset=testset,
+        ),
+        units_by(
+            Condition("gap(c*) - gap(c max)", "greater", group_by="arch"),
+            rows,
+            by,
+            against("last"),
+            results.vector,
+            testset=testset,
+        ),
+    ]
+
+
+# -- weight statistics -------------------------------------------------------------------
+
+
+def _tensor_ratios(results: Results, init: str, numerator: str, denominator: str) -> pd.DataFrame:
+    """Per (dataset, arch, seed, layer) at each setting's largest N: the average's
+    ``numerator`` over the mean of the models' ``denominator`` (or over the average's own
+    ``denominator`` row when it is a prediction)."""
+    ws = results.of(WEIGHT_STATS)
+    ws = ws[(ws["init"] == init)].dropna(subset=["value"])
+    if ws.empty:
+        return ws
+    ndim = pd.to_numeric(ws.get("ndim", pd.Series(np.nan, index=ws.index)), errors="coerce")
+    if ndim.isna().all():
+        raise ValueError(
+            "the weight_stats rows do not record tensor shapes (ndim); rerun the study"
+        )
+    ws = ws[ndim >= 2]  # weight matrices and conv kernels, as the paper's figures
+    ws = ws[
+        ws["n_models"]
+        == ws.groupby(["dataset", "arch", "seed"], dropna=False)["n_models"].transform("max")
+    ]
+    key = ["dataset", "arch", "seed", "n_models", "layer"]
+    avg = ws[(ws["method"] == "average") & (ws["metric"] == numerator)].set_index(key)["value"]
+    if denominator == "predicted_variance":
+        den = ws[(ws["method"] == "average") & (ws["metric"] == denominator)].set_index(key)[
+            "value"
+        ]
+    else:
+        den = (
+            ws[(ws["method"] == "model") & (ws["metric"] == denominator)]
+            .groupby(key, dropna=False)["value"]
+            .mean()
+        )
+    ratio = (avg / den.where(den > 0)).dropna().rename("ratio").reset_index()
+    return ratio
+
+
+def _ratio_units(
+    cond: Condition, ratios: pd.DataFrame, transform: Callable[[np.ndarray], np.ndarray]
+) -> Condition:
+    """One unit per (dataset, arch): its tensors' transformed ratios (seeds as replicates,
+    tensors as the resampled items; a setting with fewer than MIN_ITEMS tensors gets no
+    interval of its own). The pooled effect is the mean over every tensor of every
+    setting, resampled together (``cond.pool``)."""
+    everything = []
+    for (dataset, arch), g in ratios.groupby(["dataset", "arch"], sort=True):
+        seeds = [
+            transform(gs.sort_values("layer")["ratio"].to_numpy(float))
+            for _, gs in g.groupby("seed", dropna=False)
+        ]
+        if len({len(s) for s in seeds}) != 1:
+            seeds = seeds[:1]
+        unit = Unit(f"{dataset}/{arch}/tensors", tuple(seeds))
+        cond.add({"dataset": dataset, "arch": arch, "tensors": len(seeds[0])}, unit, unit.estimate)
+        everything.append(np.mean(seeds, axis=0))
+    if everything:
+        cond.pool = Unit("all/tensors", (np.concatenate(everything),))
+    return cond
+
+
+@_claim(
+    "averaging_shrinks_weights",
+    WEIGHT_STATS,
+    f"Averaging shrinks max |w| and variance: on the soups' ingredients (fine-tunes of one "
+    f"start, all N of them), the average's max |w| and variance are below "
+    f"{SHRINK_RATIO:g} of the models' mean, per weight matrix or kernel (mean over them; "
+    f"biases and norm scales left out). Both ratios are at most 1 by construction; the "
+    f"claim is that the shrinkage is material.",
+    "Var of the mean of two = (s1^2 + s2^2) / 4; averaging reduces the weights' magnitude.",
+)
+def _shrinks(results: Results) -> list[Condition] | str:
+    out = []
+    for stat, label in (("max_abs", "max |w|"), ("variance", "variance")):
+        ratios = _tensor_ratios(results, "shared", stat, stat)
+        if ratios.empty:
+            continue
+        cond = Condition(
+            f"{label} of the average / mean of the models'",
+            "less",
+            SHRINK_RATIO,
+            unit="(ratio)",
+            scale=1.0,
+        )
+        out.append(_ratio_units(cond, ratios, lambda r: r))
+    return out or "no weight_stats rows for fine-tunes of one start"
+
+
+@_claim(
+    "independent_variance_prediction",
+    WEIGHT_STATS,
+    f"For independently trained models the average's variance follows the independent-"
+    f"weights prediction sum(s_i^2)/N^2: measured/predicted - 1 within +-"
+    f"{PREDICTION_TOLERANCE:g}, per weight matrix or kernel (mean over them; biases, which "
+    f"learn the shared class priors, are left out).",
+    "Var of the mean of two = (s1^2 + s2^2) / 4.",
+)
+def _prediction(results: Results) -> list[Condition] | str:
+    ratios = _tensor_ratios(results, "independent", "variance", "predicted_variance")
+    if ratios.empty:
+        return "no weight_stats rows for independently initialised models"
+    cond = Condition(
+        "measured / predicted variance - 1",
+        "within",
+        PREDICTION_TOLERANCE,
+        unit="(ratio)",
+        scale=1.0,
+    )
+    return [_ratio_units(cond, ratios, lambda r: r - 1.0)]
+
+
+# -- cross task --------------------------------------------------------------------------
+
+
+@_claim(
+    "cross_task_merging_hurts",
+    CROSS_TASK,
+    "Averaging a model with one trained on a different task hurts: on task A, with A's "
+    "head, Model A - Uniform Soup > 0, pooled over pairs.",
     "Table 3: merging models trained on different datasets.",
 )
-def cross_task_merging_fails(rows: pd.DataFrame) -> CheckResult:
-    ct = primary_rows(study_rows(rows, "cross_task"))
-    if (ct["split"] == "test").any():
-        ct = ct[ct["split"] == "test"]
-    ct = ct.dropna(subset=["value"])
-    if "other_dataset" not in ct.columns:
-        ct = ct.assign(other_dataset="")
-    ct = ct.assign(other_dataset=ct["other_dataset"].astype(object).fillna("").astype(str))
-    keys = ["arch", "dataset", "other_dataset"]
-    if ct.empty:
-        return _not_measured("no cross_task rows")
-    wide = ct.groupby([*keys, "method"])["value"].mean().unstack("method")
-    if not {"Model A", "Uniform Soup"} <= set(wide.columns):
-        return _not_measured("cross_task rows lack Model A or Uniform Soup")
-    wide = wide.dropna(subset=["Model A", "Uniform Soup"])
-    if wide.empty:
-        return _not_measured("no pair has both Model A and Uniform Soup")
-    k = _scale(wide.to_numpy().ravel())
-    wide = wide.assign(loss_points=(wide["Model A"] - wide["Uniform Soup"]) * k)
-    wide = wide.assign(holds=wide["loss_points"] > 0)
-    n, total = int(wide["holds"].sum()), len(wide)
-    measured = (
-        f"soup below Model A in {_share(n, total)} pairs; mean loss "
-        f"{_num(float(wide['loss_points'].mean()))} points, smallest "
-        f"{_num(float(wide['loss_points'].min()), signed=True)}"
+def _cross_task(results: Results) -> list[Condition] | str:
+    rows = results.select(CROSS_TASK)
+    if rows.empty:
+        return "no cross_task rows"
+    cond = Condition("Model A - Uniform Soup", "greater")
+    return [
+        units_by(
+            cond,
+            rows,
+            ["arch", "dataset", "other_dataset"],
+            linear((1, "Model A", {}), (-1, "Uniform Soup", {})),
+            results.vector,
+        )
+    ]
+
+
+# -- templates ---------------------------------------------------------------------------
+
+
+def _class_units(
+    results: Results, metric: str, label: str, *, control_mean: bool
+) -> Condition | str:
+    """Per (dataset, arch): per class, the classifier's value minus the grand-mean
+    control's (``control_mean``: minus the control's mean over classes, a constant)."""
+    tp = results.of(TEMPLATES)
+    tp = tp[tp["metric"] == metric].dropna(subset=["value"])
+    if tp.empty or not {"classifier", "grand_mean"} <= set(tp["method"]):
+        return f"no {metric} rows for the classifier and the grand-mean control"
+    cond = Condition(label, "greater")
+    for (dataset, arch), g in tp.groupby(["dataset", "arch"], sort=True):
+        seeds = []
+        for _, gs in g.groupby("seed", dropna=False):
+            w = gs.pivot_table(index="class", columns="method", values="value")
+            if {"classifier", "grand_mean"} <= set(w.columns):
+                control = w["grand_mean"].mean() if control_mean else w["grand_mean"]
+                seeds.append((w["classifier"] - control).to_numpy(float))
+        if seeds and len({len(s) for s in seeds}) == 1:
+            unit = Unit(f"{dataset}/classes", tuple(seeds))
+            cond.add(
+                {"dataset": dataset, "arch": arch, "classes": len(seeds[0])}, unit, unit.estimate
+            )
+    return cond
+
+
+@_claim(
+    "templates_identify_their_class",
+    TEMPLATES,
+    "A linear classifier's class rows look like their own class mean: the share of "
+    "classes whose template correlates best with its own class-mean image exceeds the "
+    "grand-mean image's (the control, which is one image and so matches 1 of C classes: "
+    "chance); classes are the resampled items.",
+    "Shown qualitatively: weight rows reshaped to the image beside the class means.",
+)
+def _identify(results: Results) -> list[Condition] | str:
+    c = _class_units(
+        results, "identified", "identified(classifier) - identified(grand mean)", control_mean=True
     )
-    return measured, REPRODUCED if n == total else NOT_REPRODUCED, wide.reset_index()
+    return c if isinstance(c, str) else [c]
+
+
+@_claim(
+    "templates_beat_grand_mean",
+    TEMPLATES,
+    "Templates resemble their own class mean specifically, more than the grand-mean control "
+    "does: per class, the own-class margin (correlation with its class mean minus the mean "
+    "correlation with the other class means) of the template minus that of the grand-mean "
+    "image > 0. (A raw correlation proves little: the grand-mean image correlates 0.8-0.95 "
+    "with every class mean; the raw numbers are in the templates table.)",
+    "Shown qualitatively: weight rows reshaped to the image beside the class means.",
+)
+def _beat_control(results: Results) -> list[Condition] | str:
+    c = _class_units(
+        results,
+        "own_class_margin",
+        "margin(template) - margin(grand mean)",
+        control_mean=False,
+    )
+    if isinstance(c, str):
+        return c
+    c.unit, c.scale = "(correlation)", 1.0
+    return [c]
+
+
+# -- sanity checks -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class Sanity:
+    """A fact that holds by construction, checked on this run: ``passed`` None when the
+    rows to check it are absent."""
+
+    key: str
+    statement: str
+    passed: bool | None
+    measured: str
+    details: pd.DataFrame | None = None
+
+
+@dataclass(frozen=True)
+class SanitySpec:
+    key: str
+    statement: str
+    check: Callable[[Results], tuple[bool | None, str, pd.DataFrame | None]]
+
+    def __call__(self, results: Results) -> Sanity:
+        try:
+            passed, text, details = self.check(results)
+        except Exception as exc:  # a check that cannot run is a failure: it guards defects
+            passed, text, details = False, f"check raised {type(exc).__name__}: {exc}", None
+        return Sanity(self.key, self.statement, passed, text, details)
+
+
+SANITY_CHECKS: list[SanitySpec] = []
+
+
+def _sanity(key: str, statement: str) -> Callable[..., SanitySpec]:
+    def register(
+        check: Callable[[Results], tuple[bool | None, str, pd.DataFrame | None]],
+    ) -> SanitySpec:
+        spec = SanitySpec(key, statement, check)
+        SANITY_CHECKS.append(spec)
+        return spec
+
+    return register
+
+
+@_sanity(
+    "greedy_soup_at_least_best_on_val",
+    "Greedy Soup on val >= the best ingredient on val, in every weights-vs-features "
+    "experiment (the greedy rule starts from the best model and only accepts additions "
+    "that do not lower val accuracy).",
+)
+def _greedy_sanity(results: Results) -> tuple[bool | None, str, pd.DataFrame | None]:
+    t = results.wide(WVF, split="val")
+    if not {"Greedy Soup", "Best Individual"} <= set(t.columns):
+        return None, "no weights_vs_features val rows", None
+    t = t.dropna(subset=["Greedy Soup", "Best Individual"])
+    bad = t[t["Greedy Soup"] < t["Best Individual"] - 1e-9]
+    text = f"{len(t) - len(bad)}/{len(t)} experiments hold"
+    return bad.empty, text, bad if len(bad) else None
+
+
+def _bound(results: Results, metric: str) -> tuple[bool | None, str, pd.DataFrame | None]:
+    ws = results.of(WEIGHT_STATS)
+    ws = ws[ws["metric"] == metric].dropna(subset=["value"])
+    if ws.empty:
+        return None, "no weight_stats rows", None
+    key = ["dataset", "arch", "init", "seed", "n_models", "layer"]
+    avg = ws[ws["method"] == "average"].set_index(key)["value"]
+    largest = ws[ws["method"] == "model"].groupby(key, dropna=False)["value"].max()
+    both = pd.concat({"average": avg, "largest model": largest}, axis=1).dropna()
+    bad = both[both["average"] > both["largest model"] * (1 + 1e-6) + 1e-12]
+    return (
+        bad.empty,
+        f"{len(both) - len(bad)}/{len(both)} tensors hold",
+        bad.reset_index() if len(bad) else None,
+    )
+
+
+_sanity(
+    "average_max_abs_bound",
+    "max |w| of an average <= the largest max |w| of its models, in every tensor "
+    "(triangle inequality).",
+)(lambda r: _bound(r, "max_abs"))
+_sanity(
+    "average_variance_bound",
+    "Variance of an average <= the largest variance of its models, in every tensor (the "
+    "standard deviation of a mean is at most the mean of the standard deviations).",
+)(lambda r: _bound(r, "variance"))
+
+
+@_sanity(
+    "linear_soup_is_its_ensemble",
+    "For linear classifiers the uniform soup, the logit ensemble and the feature ensemble are "
+    "one function (the logits are linear in the weights): their test predictions agree on "
+    "every example but at most one (a float rounding at a tie), in every experiment.",
+)
+def _linear_sanity(results: Results) -> tuple[bool | None, str, pd.DataFrame | None]:
+    rows = results.select(WVF, split="test", where={"arch": tuple(LINEAR_ARCHS)})
+    rows = rows[rows["method"].isin(["Uniform Soup", "Ens Logits", "Ens Features"])]
+    if rows.empty:
+        return None, "no linear models in the weights_vs_features rows", None
+    bad = []
+    keys = [*WVF.keys, "metric"]
+    checked = 0
+    for key, g in rows.groupby(keys, dropna=False):
+        vecs = {r.method: results.vector(r.outcome) for r in g.itertuples()}
+        values = dict(zip(g["method"], g["value"], strict=True))
+        ref = vecs.get("Ens Logits")
+        for method in ("Uniform Soup", "Ens Features"):
+            if method not in values or "Ens Logits" not in values:
+                continue
+            checked += 1
+            if ref is not None and vecs.get(method) is not None:
+                differ = int(np.sum(vecs[method] != ref))
+                ok = differ <= 1
+            else:
+                differ = -1
+                ok = abs(values[method] - values["Ens Logits"]) <= 1e-9
+            if not ok:
+                bad.append(
+                    {
+                        **dict(zip(keys, key, strict=True)),
+                        "method": method,
+                        "examples differ": differ,
+                    }
+                )
+    details = pd.DataFrame(bad) if bad else None
+    return not bad, f"{checked - len(bad)}/{checked} comparisons hold", details
+
+
+def run_sanity_checks(results: Results | pd.DataFrame) -> list[Sanity]:
+    results = Results.of_rows(results)
+    return [spec(results) for spec in SANITY_CHECKS]
 
 
 # -- claims.md ---------------------------------------------------------------------------
@@ -595,18 +880,44 @@ def markdown_table(df: pd.DataFrame, max_rows: int = 60) -> str:
     ]
     lines += ["| " + " | ".join(_md_cell(v) for v in r) + " |" for r in head.to_numpy().tolist()]
     if len(df) > max_rows:
-        lines.append(f"\n({len(df) - max_rows} more rows in the HTML report and results.csv)")
+        lines.append(f"\n({len(df) - max_rows} more rows in the HTML report)")
     return "\n".join(lines)
 
 
-def write_claims_md(claims: list[Claim], path: Path) -> Path:
-    """Write ``claims.md``: one summary table row per claim, then each claim's details."""
+def seed_note(results: Results | pd.DataFrame) -> str:
+    """A warning when the claims rest on one training seed: their intervals then cover
+    the test examples' noise only, not how much another training run would differ."""
+    rows = Results.of_rows(results).rows
+    seeds = rows.loc[rows["study"] == WVF.name, "seed"].dropna().unique()
+    if len(seeds) > 1:
+        return (
+            f"Intervals resample the test examples and the {len(seeds)} training seeds "
+            f"({', '.join(str(int(s)) for s in sorted(seeds))})."
+        )
+    return (
+        "One training seed: the intervals cover the test examples' noise only, not how much "
+        "another set of trained ingredients would differ; the settings pooled in a claim "
+        "share their trained models (N = 2 ... 10 are the first N of one set). Add seeds "
+        "(`seeds: [0, 1, 2]`) to include that variation."
+    )
+
+
+def sanity_label(s: Sanity) -> str:
+    return "not run" if s.passed is None else "passed" if s.passed else "FAILED"
+
+
+def write_claims_md(
+    claims: list[Claim], path: Path, sanity: list[Sanity] | None = None, note: str = ""
+) -> Path:
+    """Write ``claims.md``: the verdict table, the sanity checks, then each claim's details."""
     lines = [
         '# Claims of "Rethinking Weight-Averaged Model-merging", checked here',
         "",
-        "Each finding is measured from this run's results table. An honest \"not "
-        'reproduced" is a result, not a failure of the run; "not measured" means the study '
-        "that would test it did not run or produced no usable rows.",
+        "Each finding is measured from this run's results: the pooled effect with its 95 % "
+        "paired bootstrap interval over test examples (and seeds), and how many settings "
+        "support it, contradict it or cannot tell. *Inconclusive* means the noise is larger "
+        "than the effect; *not measured* that the study that would test it did not run.",
+        *(["", note] if note else []),
         "",
         "| Finding | Measured here | Verdict |",
         "|---|---|---|",
@@ -614,6 +925,20 @@ def write_claims_md(claims: list[Claim], path: Path) -> Path:
     lines += [
         f"| {_md_cell(c.statement)} | {_md_cell(c.measured)} | **{c.verdict}** |" for c in claims
     ]
+    if sanity:
+        lines += [
+            "",
+            "## Sanity checks",
+            "",
+            "These hold by construction; a failure means a defect, not a finding.",
+            "",
+            "| Check | Measured here | Result |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| {_md_cell(s.statement)} | {_md_cell(s.measured)} | **{sanity_label(s)}** |"
+            for s in sanity
+        ]
     for c in claims:
         lines += ["", f"## {c.key}", "", c.statement, ""]
         if c.paper:

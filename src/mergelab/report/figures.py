@@ -1,9 +1,17 @@
-"""Figures of the study, each drawn from the tidy results table alone (and, for the
-weight pictures, the ``arrays/*.npz`` files the templates study saves).
+"""Figures of the study, each drawn from :class:`Results` alone (and, for the weight
+pictures, the ``arrays/*.npz`` files the templates study saves).
 
-Every figure function has the shape ``(rows, out_dir) -> list[Path]``: it draws what
-the rows hold, writes PNGs with fixed names under ``out_dir`` and returns their paths,
-or returns ``[]`` when its data is absent, so a report over only some studies renders.
+Every figure function has the shape ``(results, out_dir) -> list[Path]`` (the picture
+grids also take ``arrays_dir``) and registers itself with its study
+(``@WVF.figure``): it draws what the results hold, writes PNGs under ``out_dir`` and
+returns their paths, or returns ``[]`` when its data is absent, so a report over only
+some studies renders. A DataFrame of rows is accepted too.
+
+A plotted number belongs to one experiment (every key column of its study fixed): the
+figures read :meth:`Results.wide` (which refuses to merge two experiments) or group rows
+by all key columns. Key columns that take several values (``init``, ``seed``, BatchNorm
+mode, ...) become panels, groups or lines and are named in labels and file names; the
+constant ones go in titles. No figure averages over experiments.
 
 Drawing uses an explicit Agg canvas on ``matplotlib.figure.Figure`` (never pyplot), so
 it works headless, keeps no global figure state, and does not switch the backend of a
@@ -14,12 +22,16 @@ across all figures.
 
 from __future__ import annotations
 
-import functools
+import contextvars
+import inspect
 import io
+import re
+import textwrap
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import matplotlib as mpl
 import matplotlib.style
@@ -30,41 +42,40 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullFormatter, ScalarFormatter
 
-from mergelab.report._common import (
-    CROSS_TASK_ORDER,
-    DEFAULT_OPTION,
-    METHOD_ORDER,
-    TEMPLATE_ORDER,
-    cross_task_frames,
-    is_fraction,
-    magnitude_rows,
-    method_table,
-    methods_in,
-    normalize_rows,
-    order_methods,
-    primary_rows,
-    slug,
-    study_rows,
-)
 from mergelab.report._io import atomic_write_bytes
+from mergelab.report.frames import Results, is_fraction, methods_in, slug, varying
+from mergelab.report.tables import primary_magnitude
+from mergelab.report.uncertainty import LEVEL, Unit, pooled_interval
+from mergelab.studies.registry import (
+    CROSS_TASK,
+    INGREDIENTS,
+    MAGNITUDE,
+    MAGNITUDE_BATCHES,
+    STUDIES,
+    TEMPLATES,
+    WEIGHT_STATS,
+    WVF,
+)
 
 __all__ = [
     "DPI",
-    "FIGURES",
     "fig_cross_task",
-    "fig_gap_vs_n",
+    "fig_ingredients",
     "fig_kernels",
     "fig_magnitude",
     "fig_magnitude_batches",
     "fig_magnitude_gap",
-    "fig_method_bars",
-    "fig_methods_vs_n",
     "fig_template_correlation",
     "fig_templates",
     "fig_weight_stats",
+    "fig_wvf_bars",
+    "fig_wvf_gap",
+    "fig_wvf_vs_n",
     "figures_by_study",
     "make_figures",
     "method_color",
+    "recording",
+    "wvf_gap",
 ]
 
 DPI = 120
@@ -73,6 +84,7 @@ STYLE = {
     "font.family": "DejaVu Sans",
     "font.size": 9,
     "axes.titlesize": 9,
+    "figure.titlesize": 10,
     "axes.labelsize": 9,
     "xtick.labelsize": 8,
     "ytick.labelsize": 8,
@@ -91,24 +103,46 @@ STYLE = {
     "savefig.facecolor": "white",
     "savefig.dpi": DPI,
 }
-_PALETTE = (
-    "#7f7f7f",  # Individual
-    "#bcbd22",  # Perf Ave
-    "#8c564b",  # Best Individual
-    "#1f77b4",  # Uniform Soup
-    "#17becf",  # Greedy Soup
-    "#d62728",  # Ens Logits
-    "#ff7f0e",  # Ens Features
-    "#e377c2",  # Ens Features*
-    "#9467bd",  # Greedy Ens Logits
-    "#2ca02c",  # Greedy Ens Features
-    "#393b79",  # Model A
-    "#ad494a",  # Model B
-)
-_METHOD_COLORS = dict(zip(METHOD_ORDER, _PALETTE, strict=True))
+_METHOD_COLORS = {
+    "Individual": "#7f7f7f",
+    "Perf Ave": "#bcbd22",
+    "Best Individual": "#8c564b",
+    "Model A": "#393b79",
+    "B backbone + A head": "#ad494a",
+    "Uniform Soup": "#1f77b4",
+    "Greedy Soup": "#17becf",
+    "Ens Logits": "#d62728",
+    "Ens Features": "#ff7f0e",
+    "Ens Features*": "#e377c2",
+    "Greedy Ens Logits": "#9467bd",
+    "Greedy Ens Features": "#2ca02c",
+    "Greedy Ens Logits (own)": "#c5b0d5",
+    "Greedy Ens Features (own)": "#98df8a",
+    # the templates study's "methods"
+    "classifier": "#3182bd",
+    "merged_two_models": "#e6550d",
+    "merged_halves": "#31a354",
+    "grand_mean": "#969696",
+}
 _EXTRA_COLORS = ("#637939", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354", "#756bb1")
+# Lines that are one experiment each: colour per (dataset, arch), dash per init, marker
+# per seed.
+_SERIES_COLORS = (
+    "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#e377c2",
+    "#7f7f7f", "#bcbd22",
+)  # fmt: skip
+_DASHES = ("-", "--", ":", "-.")
+_MARKERS = ("o", "s", "^", "D", "v", "P")
+_NONFINITE_COLOR = "#555555"
+_TEMPLATE_ORDER = ("classifier", "merged_two_models", "merged_halves", "grand_mean")
+# Order of the magnitude study's options in panel grids.
+_SCALED_ORDER = ("all", "first", "all_but_first")
+_BN_ORDER = ("none", "running", "running_c2", "batch")
 
-FigureFn = Callable[[pd.DataFrame, Path], list[Path]]
+FigureFn = Callable[..., list[Path]]
+_RECORDER: contextvars.ContextVar[list[tuple[Path, Figure]] | None] = contextvars.ContextVar(
+    "mergelab_figure_recorder", default=None
+)
 
 
 def method_color(method: str) -> str:
@@ -118,12 +152,24 @@ def method_color(method: str) -> str:
     return _EXTRA_COLORS[sum(map(ord, method)) % len(_EXTRA_COLORS)]
 
 
+@contextmanager
+def recording() -> Iterator[list[tuple[Path, Figure]]]:
+    """Keep every figure saved inside the block as ``(path, Figure)``, to inspect what was
+    drawn (panels, lines, titles) in tests or a notebook."""
+    kept: list[tuple[Path, Figure]] = []
+    token = _RECORDER.set(kept)
+    try:
+        yield kept
+    finally:
+        _RECORDER.reset(token)
+
+
 # -- drawing helpers ---------------------------------------------------------------------
 
 
 @contextmanager
 def _figure(
-    nrows: int = 1, ncols: int = 1, *, size: tuple[float, float], **kw: object
+    nrows: int = 1, ncols: int = 1, *, size: tuple[float, float], **kw: Any
 ) -> Iterator[tuple[Figure, np.ndarray]]:
     """A figure in the fixed style (matplotlib defaults + STYLE), axes as a 2-D array."""
     with mpl.style.context("default"), mpl.rc_context(STYLE):
@@ -137,6 +183,9 @@ def _save(fig: Figure, path: Path) -> Path:
     """Render to PNG in memory, then write atomically (no half-written figure on disk)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
+    kept = _RECORDER.get()
+    if kept is not None:
+        kept.append((Path(path), fig))
     return atomic_write_bytes(path, buf.getvalue())
 
 
@@ -147,23 +196,36 @@ def _grid(n: int, max_cols: int = 3) -> tuple[int, int]:
 
 def _hide_unused(axes: np.ndarray, used: int) -> None:
     for ax in axes.ravel()[used:]:
-        ax.set_visible(False)
+        ax.remove()
 
 
-def _metric_label(metrics: Sequence[str], fraction: bool) -> str:
+def _metric_label(metrics: Iterable[str], fraction: bool) -> str:
     names = {"accuracy": "accuracy", "auroc": "AUROC"}
     label = " / ".join(dict.fromkeys(names.get(m, m) for m in metrics)) or "metric"
     return f"{label} (%)" if fraction else label
 
 
-def _log_x(ax: Axes, values: Sequence[float]) -> None:
-    """Log x axis with a tick at each measured factor, labelled where labels do not collide."""
+def _scale(values: object) -> float:
+    """100 when the values are fractions (shown as percentages), else 1."""
+    arr = np.asarray(values, dtype=float).ravel()
+    return 100.0 if is_fraction(arr) else 1.0
+
+
+def _log_x(ax: Axes, values: Iterable[float], width_in: float = 3.0) -> None:
+    """Log x axis with a tick at each measured factor, labelled where labels do not collide
+    on an axes about ``width_in`` inches wide."""
     ax.set_xscale("log")
-    ticks = sorted({float(v) for v in values if v > 0})
+    ticks = sorted({float(v) for v in values if np.isfinite(v) and v > 0})
+    span = np.log10(ticks[-1] / ticks[0]) if ticks else 0.0
+    min_gap = max(0.14, span * 0.3 / max(width_in, 0.5))  # about 0.3 inch per label
     labelled: list[float] = []
     for t in ticks:
-        if not labelled or np.log10(t / labelled[-1]) >= 0.14:
+        if not labelled or np.log10(t / labelled[-1]) >= min_gap:
             labelled.append(t)
+    if ticks and labelled[-1] != ticks[-1]:  # the largest factor always gets its label
+        if len(labelled) > 1 and np.log10(ticks[-1] / labelled[-1]) < min_gap:
+            labelled.pop()
+        labelled.append(ticks[-1])
     ax.xaxis.set_major_locator(FixedLocator(labelled))
     ax.xaxis.set_minor_locator(FixedLocator([t for t in ticks if t not in labelled]))
     ax.xaxis.set_minor_formatter(NullFormatter())
@@ -172,385 +234,735 @@ def _log_x(ax: Axes, values: Sequence[float]) -> None:
     ax.xaxis.set_major_formatter(fmt)
 
 
-def _legend(ax: Axes) -> None:
+def _wrap(text: str, width_in: float, fontsize: float = 10.0) -> str:
+    """``text`` with each line wrapped to fit about ``width_in`` inches."""
+    chars = max(24, int((width_in - 0.3) * 72 / (0.62 * fontsize)))
+    keep = re.sub(
+        r"\b(seed) (\S)|(\S) (init)\b", lambda m: "\0".join(g for g in m.groups() if g), text
+    )
+    lines = (textwrap.fill(line, chars) for line in keep.split("\n"))
+    return "\n".join(lines).replace("\0", " ")
+
+
+def _bar_floor(ax: Axes, values: np.ndarray) -> None:
+    """Start the y axis of bars near their smallest value when every bar is high (a few
+    points between methods are then visible); otherwise keep the zero baseline."""
+    v = np.asarray(values, dtype=float).ravel()
+    v = v[np.isfinite(v)]
+    if not v.size or v.min() <= 0:
+        return
+    lo, hi = float(v.min()), float(v.max())
+    floor = lo - max(0.25 * (hi - lo), 0.05 * hi)
+    if floor < 0.3 * hi:
+        return
+    step = 10 ** np.floor(np.log10(hi)) / 2
+    top = hi + 0.08 * (hi - floor)
+    if hi <= 100.0 < top:  # percentages: the axis need not pass 100
+        top = 100.0 + 0.02 * (hi - floor)
+    ax.set_ylim(bottom=step * np.floor(floor / step), top=top)
+
+
+def _handles(axes: Iterable[Axes]) -> tuple[list[Any], list[str]]:
+    """Legend entries of several axes, each label once, in order of first appearance."""
+    seen: dict[str, Any] = {}
+    for ax in axes:
+        for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            seen.setdefault(label, h)
+    return list(seen.values()), list(seen)
+
+
+def _legend_right(ax: Axes, **kw: Any) -> None:
+    """A legend to the right of the axes, outside the data."""
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="best")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, **kw)
 
 
-def _fig_legend(fig: Figure, ax: Axes) -> None:
+def _fig_legend(fig: Figure, axes: Iterable[Axes], extra: Sequence[Axes] = ()) -> None:
     """One legend for a faceted figure, below the panels."""
-    handles, labels = ax.get_legend_handles_labels()
+    handles, labels = _handles([*axes, *extra])
     if handles:
-        per_row = max(1, int(fig.get_figwidth() / 1.6))
+        per_row = max(1, int(fig.get_figwidth() / 1.7))
         fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), per_row))
 
 
-def _int(v: float) -> int | float:
-    return int(v) if float(v).is_integer() else v
+def _num(v: object) -> str:
+    """A number as short text: 10.0 -> "10", 0.5 -> "0.5", NaN -> "?"."""
+    try:
+        f = float(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return str(v)
+    return f"{f:g}" if np.isfinite(f) else "?"
+
+
+def _value_label(col: str, v: object) -> str:
+    """How a key column's value reads in a label or title."""
+    if col == "n_models":
+        return f"N={_num(v)}"
+    if col == "seed":
+        return f"seed {_num(v)}"
+    if col == "magnitude":
+        return f"c={_num(v)}"
+    text = "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
+    if col == "init":
+        return f"{text or '?'} init"
+    if col == "other_dataset":
+        return f"B={text or '?'}"
+    if col in ("scaled", "tensors", "bn", "dataset", "arch") and not text:
+        return f"{col}=?"
+    if col in ("scaled", "tensors", "bn"):
+        return f"{col}={text}"
+    return text
+
+
+def _label(key: Mapping[str, object], cols: Iterable[str], sep: str = " / ") -> str:
+    return sep.join(_value_label(c, key[c]) for c in cols)
+
+
+def _headline(main: str, constant: str, width_in: float, fontsize: float = 10.0) -> str:
+    """A title: ``main``, then the constant key values on a line of their own."""
+    return _wrap(main + (f"\n({constant})" if constant else ""), width_in, fontsize)
+
+
+def _constant(df: pd.DataFrame, cols: Iterable[str]) -> str:
+    """Title text such as "shared init, seed 0": the columns with a single known value."""
+    out = []
+    for c in cols:
+        if c in df.columns and len(df) and df[c].nunique(dropna=False) == 1:
+            v = df[c].iloc[0]
+            if not (pd.isna(v) or str(v) == ""):
+                out.append(_value_label(c, v))
+    return ", ".join(out)
+
+
+def _file_part(col: str, v: object) -> str:
+    if col == "n_models":
+        return f"n{_num(v)}"
+    if col == "seed":
+        return f"seed{_num(v)}"
+    if col == "magnitude":
+        return f"c{_num(v)}"
+    if col in ("scaled", "tensors", "bn"):
+        return f"{col}-{v}"
+    return str(v)
+
+
+def _stem(
+    prefix: str,
+    key: Mapping[str, object],
+    always: Sequence[str],
+    optional: Sequence[str] = (),
+    pool: pd.DataFrame | None = None,
+) -> str:
+    """A file name: the prefix, the ``always`` key values, and the ``optional`` ones that
+    vary in ``pool`` (so two experiments never share a file, and a run with one seed
+    keeps short names)."""
+    extra = varying(pool, optional) if pool is not None else list(optional)
+    cols = [*always, *(c for c in extra if c not in always)]
+    return "_".join([prefix, *(slug(_file_part(c, key[c])) for c in cols)])
+
+
+def _groups(
+    df: pd.DataFrame, cols: Sequence[str]
+) -> Iterator[tuple[dict[str, object], pd.DataFrame]]:
+    """(key values, rows) for each combination of ``cols`` (NaN kept), sorted."""
+    if not cols:
+        yield {}, df
+        return
+    for key, g in df.groupby(list(cols), sort=True, dropna=False):
+        values = key if isinstance(key, tuple) else (key,)
+        yield dict(zip(cols, values, strict=True)), g
+
+
+def _match(df: pd.DataFrame, key: Mapping[str, object]) -> pd.DataFrame:
+    """Rows of ``df`` whose columns equal ``key`` (NaN matches NaN)."""
+    mask = np.ones(len(df), dtype=bool)
+    for c, v in key.items():
+        col = df[c]
+        mask &= (col.isna() if pd.isna(v) else col == v).to_numpy(dtype=bool)  # type: ignore[arg-type]
+    return df[mask]
+
+
+def _ordered(values: Iterable[object], order: Sequence[str]) -> list[object]:
+    unique = list(dict.fromkeys(values))
+    return [v for v in order if v in unique] + sorted(
+        (v for v in unique if v not in order), key=str
+    )
+
+
+def _at_largest_n(t: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """Each experiment (all keys but ``n_models``) at its largest N."""
+    others = [k for k in keys if k != "n_models"]
+    largest = t.groupby(others, dropna=False)["n_models"].transform("max")
+    return t[t["n_models"] == largest]
+
+
+def _present(t: pd.DataFrame, study: Any, skip: Iterable[str] = ("Individual",)) -> list[str]:
+    """The method columns of a wide table that hold a number."""
+    return [m for m in methods_in(t, study) if m not in set(skip) and t[m].notna().any()]
+
+
+def _bars(ax: Axes, t: pd.DataFrame, methods: Sequence[str], k: float) -> None:
+    """Grouped bars: one group per row of ``t``, one bar per method."""
+    x = np.arange(len(t))
+    width = 0.8 / max(1, len(methods))
+    for i, m in enumerate(methods):
+        ax.bar(
+            x + (i - (len(methods) - 1) / 2) * width,
+            t[m].to_numpy(float) * k,
+            width,
+            label=m,
+            color=method_color(m),
+        )
+    ax.grid(axis="x", visible=False)
+
+
+def _int_ticks(ax: Axes, values: Iterable[float]) -> None:
+    ticks = sorted({float(v) for v in values if np.isfinite(v)})
+    ax.set_xticks(ticks, [_num(v) for v in ticks])
+
+
+# -- ingredients -------------------------------------------------------------------------
+
+
+@INGREDIENTS.figure
+def fig_ingredients(results: Results | pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Per dataset: each setting's individual test accuracies (a dot per model), their
+    mean, and the setting's mean pairwise disagreement."""
+    results = Results.of_rows(results)
+    df = results.select(INGREDIENTS, metric="accuracy", where={"method": "Individual"})
+    if df.empty:
+        return []
+    keys = list(INGREDIENTS.keys)
+    dis = results.select(INGREDIENTS, metric="disagreement", where={"method": "pairwise"})
+    k = _scale(df["value"])
+    archs = sorted(df["arch"].unique())
+    colors = {a: _SERIES_COLORS[i % len(_SERIES_COLORS)] for i, a in enumerate(archs)}
+    per = [c for c in keys if c != "dataset"]
+    paths = []
+    for (dataset,), g in df.groupby(["dataset"], sort=True):
+        exps = list(_groups(g, per))
+        shown = ["arch", *(c for c in varying(g, per) if c != "arch")]
+        width = max(3.6, 0.85 * len(exps) + 1.4)
+        with _figure(size=(width, 3.3)) as (fig, axes):
+            ax = axes[0, 0]
+            for i, (key, e) in enumerate(exps):
+                v = e.sort_values("model")["value"].to_numpy(float) * k
+                jitter = np.linspace(-0.15, 0.15, len(v)) if len(v) > 1 else np.zeros(1)
+                color = colors[key["arch"]]
+                ax.scatter(i + jitter, v, s=14, color=color, alpha=0.8, zorder=3)
+                ax.hlines(v.mean(), i - 0.3, i + 0.3, color="black", linewidth=1.6, zorder=4)
+                d = _match(dis, {"dataset": dataset, **key})["value"]
+                if len(d):
+                    ax.annotate(
+                        f"{100 * d.mean():.1f}%",
+                        xy=(i, float(v.max())),
+                        xytext=(0, 5),
+                        textcoords="offset points",
+                        ha="center",
+                        va="bottom",
+                        fontsize=7,
+                    )
+            ax.margins(x=0.1, y=0.18)
+            ax.set_xticks(range(len(exps)), [_label(key, shown, "\n") for key, _ in exps])
+            ax.grid(axis="x", visible=False)
+            ax.set_ylabel(f"test {_metric_label(['accuracy'], k == 100.0)}")
+            main = f"{dataset}: the ingredients' test accuracy"
+            ax.set_title(
+                _headline(main, _constant(g, [c for c in per if c not in shown]), width, 9.0)
+                + "\ndots: models; line: mean; %: pairwise disagreement"
+            )
+            paths.append(
+                _save(
+                    fig,
+                    Path(out_dir)
+                    / f"{_stem('ingredients', {'dataset': dataset}, ['dataset'])}.png",
+                )
+            )
+    return paths
 
 
 # -- weights vs features -----------------------------------------------------------------
 
 
-def _wvf(rows: pd.DataFrame) -> pd.DataFrame:
-    return method_table(study_rows(rows, "weights_vs_features"), "test")
-
-
-def fig_method_bars(rows: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Per architecture: test metric of every method on every dataset, at the largest N."""
-    t = _wvf(rows)
+@WVF.figure
+def fig_wvf_bars(results: Results | pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Per architecture: every method's test metric at each experiment's largest N, one
+    group of bars per (dataset, init, seed)."""
+    results = Results.of_rows(results)
+    t = results.wide(WVF)
     if t.empty:
         return []
+    t = _at_largest_n(t, WVF.keys)
+    per = ["dataset", "init", "seed"]
     paths = []
-    for arch, ta in t.groupby("arch", sort=True):
-        ta = ta[ta["n_models"] == ta.groupby("dataset")["n_models"].transform("max")]
-        methods = [m for m in methods_in(ta) if m != "Individual" and ta[m].notna().any()]
+    for (arch,), ta in t.groupby(["arch"], sort=True):
+        methods = _present(ta, WVF)
         if not methods:
             continue
-        values = ta[methods].to_numpy(float)
-        k = 100.0 if is_fraction(values.ravel()) else 1.0
-        labels = [f"{r.dataset}\n(N={_int(r.n_models)})" for r in ta.itertuples()]
-        x = np.arange(len(ta))
-        width = 0.8 / len(methods)
-        with _figure(size=(max(4.5, 1.1 * len(ta) * max(1, len(methods) / 4) + 2), 3.4)) as (
-            fig,
-            axes,
-        ):
+        ta = ta.sort_values(per)
+        shown = ["dataset", *(c for c in varying(ta, per) if c != "dataset"), "n_models"]
+        k = _scale(ta[methods])
+        bars = len(ta) * len(methods)
+        width = min(16.0, max(5.0, 0.14 * bars + 3.2))
+        with _figure(size=(width, 3.8)) as (fig, axes):
             ax = axes[0, 0]
-            for i, m in enumerate(methods):
-                ax.bar(
-                    x + (i - (len(methods) - 1) / 2) * width,
-                    ta[m].to_numpy(float) * k,
-                    width,
-                    label=m,
-                    color=method_color(m),
-                )
-            ax.set_xticks(x, labels)
-            ax.set_ylabel(f"test {_metric_label(ta['metric'].tolist(), k == 100.0)}")
-            ax.set_title(f"{arch}: weight averaging vs feature averaging (largest N)")
-            ax.grid(axis="x", visible=False)
-            ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
-            paths.append(_save(fig, out_dir / f"wvf_bars_{slug(arch)}.png"))
+            _bars(ax, ta, methods, k)
+            _bar_floor(ax, ta[methods].to_numpy(float) * k)
+            ax.set_xticks(range(len(ta)), [_label(r, shown, "\n") for _, r in ta.iterrows()])
+            ax.set_ylabel(f"test {_metric_label(ta['metric'], k == 100.0)}")
+            constant = _constant(ta, ["init", "seed"])
+            title = f"{arch}: weight averaging vs feature averaging at each experiment's largest N"
+            fig.suptitle(_headline(title, constant, width))
+            _legend_right(ax)
+            paths.append(
+                _save(fig, Path(out_dir) / f"{_stem('wvf_bars', {'arch': arch}, ['arch'])}.png")
+            )
     return paths
 
 
-def fig_methods_vs_n(rows: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Per architecture, one panel per dataset: each method's test metric against N."""
-    t = _wvf(rows)
-    if t.empty or t["n_models"].nunique() < 2:
+@WVF.figure
+def fig_wvf_vs_n(results: Results | pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Per architecture, one panel per (dataset, init, seed) experiment: each method's
+    test metric against the number of models N."""
+    results = Results.of_rows(results)
+    t = results.wide(WVF)
+    if t.empty:
         return []
+    per = ["dataset", "init", "seed"]
     paths = []
-    for arch, ta in t.groupby("arch", sort=True):
-        groups = [
-            (d, g) for d, g in ta.groupby("dataset", sort=True) if g["n_models"].nunique() > 1
-        ]
-        if not groups:
+    for (arch,), ta in t.groupby(["arch"], sort=True):
+        panels = [(key, g) for key, g in _groups(ta, per) if g["n_models"].nunique() > 1]
+        methods = _present(ta, WVF)
+        if not panels or not methods:
             continue
-        methods = [m for m in methods_in(ta) if m != "Individual"]
-        k = 100.0 if is_fraction(ta[methods].to_numpy(float).ravel()) else 1.0
-        nr, nc = _grid(len(groups))
-        with _figure(nr, nc, size=(3.6 * nc, 2.8 * nr + 0.6)) as (fig, axes):
-            for ax, (dataset, g) in zip(axes.ravel(), groups, strict=False):
+        shown = ["dataset", *(c for c in varying(ta, per) if c != "dataset")]
+        k = _scale(ta[methods])
+        nr, nc = _grid(len(panels))
+        with _figure(nr, nc, size=(3.5 * nc, 2.7 * nr + 0.9)) as (fig, axes):
+            for ax, (key, g) in zip(axes.ravel(), panels, strict=False):
                 g = g.sort_values("n_models")
                 for m in methods:
                     if g[m].notna().any():
                         ax.plot(g["n_models"], g[m] * k, "o-", label=m, color=method_color(m))
-                ax.set_xticks(sorted(g["n_models"].unique()))
+                _int_ticks(ax, g["n_models"])
                 ax.set_xlabel("number of models N")
-                ax.set_ylabel(f"test {_metric_label(g['metric'].tolist(), k == 100.0)}")
-                ax.set_title(f"{dataset} / {arch}")
-            _hide_unused(axes, len(groups))
-            _fig_legend(fig, axes[0, 0])
-            paths.append(_save(fig, out_dir / f"wvf_methods_vs_n_{slug(arch)}.png"))
+                ax.set_ylabel(f"test {_metric_label(g['metric'], k == 100.0)}")
+                ax.set_title(_label(key, shown))
+            _hide_unused(axes, len(panels))
+            constant = _constant(ta, ["init", "seed"])
+            title = f"{arch}: test {_metric_label(ta['metric'], False)} against N"
+            fig.suptitle(_headline(title, constant, 3.5 * nc))
+            _fig_legend(fig, fig.axes)
+            name = _stem("wvf_methods_vs_n", {"arch": arch}, ["arch"])
+            paths.append(_save(fig, Path(out_dir) / f"{name}.png"))
     return paths
 
 
-def fig_gap_vs_n(rows: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Ens Logits minus Uniform Soup against N, one line per dataset/architecture."""
-    t = _wvf(rows)
-    if not {"Ens Logits", "Uniform Soup"} <= set(t.columns):
+_GAP_COLUMNS = [*WVF.keys, "metric", "gap", "low", "high"]
+
+
+def wvf_gap(results: Results | pd.DataFrame) -> pd.DataFrame:
+    """Ens Logits minus Uniform Soup per experiment and N: ``gap`` (from the rows'
+    values) and, where both outcome vectors exist, the 95 % paired bootstrap interval
+    ``low``/``high`` of the per-example contrast (NaN otherwise). In the rows' unit."""
+    results = Results.of_rows(results)
+    t = results.wide(WVF)
+    pair = ["Ens Logits", "Uniform Soup"]
+    if t.empty or not set(pair) <= set(t.columns):
+        return pd.DataFrame(columns=_GAP_COLUMNS)
+    t = t.dropna(subset=pair).reset_index(drop=True)
+    index = [*WVF.keys, "metric", "split"]
+    out = t[index].assign(gap=t["Ens Logits"] - t["Uniform Soup"], low=np.nan, high=np.nan)
+    o = results.wide(WVF, column="outcome")
+    if set(pair) <= set(o.columns):
+        vecs = t[index].merge(
+            o[[*index, *pair]].rename(columns={"Ens Logits": "_el", "Uniform Soup": "_us"}),
+            on=index,
+            how="left",
+        )
+        units, where = [], []
+        for i, r in vecs.iterrows():
+            el, us = results.vector(r["_el"]), results.vector(r["_us"])
+            if r["metric"] != "accuracy" or el is None or us is None or len(el) != len(us):
+                continue
+            d = np.asarray(el, dtype=np.float64) - np.asarray(us, dtype=np.float64)
+            units.append(Unit(str(r["dataset"]), (d,)))
+            where.append(i)
+        if units:
+            _, intervals = pooled_interval(units)
+            out.loc[where, "low"] = [iv.low for iv in intervals]
+            out.loc[where, "high"] = [iv.high for iv in intervals]
+    return out[_GAP_COLUMNS]
+
+
+@WVF.figure
+def fig_wvf_gap(results: Results | pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Ens Logits minus Uniform Soup against N with 95 % paired bootstrap intervals (where
+    the outcome vectors are present): one panel per (init, dataset), since fine-tunes of
+    one start and independent inits differ by orders of magnitude; one line per arch
+    (marker per seed)."""
+    gap = wvf_gap(results)
+    if gap.empty:
         return []
-    t = t.dropna(subset=["Ens Logits", "Uniform Soup"])
-    if t.empty:
-        return []
-    k = 100.0 if is_fraction(t[["Ens Logits", "Uniform Soup"]].to_numpy().ravel()) else 1.0
-    with _figure(size=(5.2, 3.4)) as (fig, axes):
-        ax = axes[0, 0]
-        for (dataset, arch), g in t.groupby(["dataset", "arch"], sort=True):
-            g = g.sort_values("n_models")
-            gap = (g["Ens Logits"] - g["Uniform Soup"]) * k
-            ax.plot(g["n_models"], gap, "o-", label=f"{dataset} / {arch}")
-        ax.axhline(0.0, color="black", linewidth=0.8)
-        ax.set_xticks(sorted(t["n_models"].unique()))
-        ax.set_xlabel("number of models N")
-        ax.set_ylabel("Ens Logits − Uniform Soup" + (" (points)" if k == 100.0 else ""))
-        ax.set_title("Gap between logit ensemble and uniform soup")
-        _legend(ax)
-        return [_save(fig, out_dir / "wvf_gap_vs_n.png")]
+    k = _scale(Results.of_rows(results).wide(WVF)[["Ens Logits", "Uniform Soup"]])
+    panels = list(_groups(gap, ["init", "dataset"]))
+    archs = list(dict.fromkeys(gap["arch"]))
+    seeds = list(dict.fromkeys(_num(s) for s in gap["seed"]))
+    with_ci = bool(gap["low"].notna().any())
+    nr, nc = _grid(len(panels), max_cols=2)
+    with _figure(nr, nc, size=(4.4 * nc + 1.6, 3.0 * nr + 0.8)) as (fig, axes):
+        for ax, (pkey, pg) in zip(axes.ravel(), panels, strict=False):
+            lines = list(_groups(pg, ["arch", "seed"]))
+            dodge = min(0.08, 0.5 / max(1, len(lines)))
+            for i, (key, g) in enumerate(lines):
+                g = g.sort_values("n_models")
+                color = _SERIES_COLORS[archs.index(key["arch"]) % len(_SERIES_COLORS)]
+                x = g["n_models"].to_numpy(float) + (i - (len(lines) - 1) / 2) * dodge
+                y = g["gap"].to_numpy(float) * k
+                label = str(key["arch"]) + (f", seed {_num(key['seed'])}" if len(seeds) > 1 else "")
+                ax.plot(
+                    x,
+                    y,
+                    marker=_MARKERS[seeds.index(_num(key["seed"])) % len(_MARKERS)],
+                    color=color,
+                    label=label,
+                )
+                ci = g["low"].notna().to_numpy()
+                if ci.any():
+                    low, high = g["low"].to_numpy(float)[ci] * k, g["high"].to_numpy(float)[ci] * k
+                    ax.errorbar(
+                        x[ci],
+                        y[ci],
+                        yerr=np.vstack([np.maximum(y[ci] - low, 0), np.maximum(high - y[ci], 0)]),
+                        fmt="none",
+                        ecolor=color,
+                        elinewidth=0.9,
+                        capsize=2,
+                    )
+            ax.axhline(0.0, color="black", linewidth=0.8)
+            _int_ticks(ax, pg["n_models"])
+            ax.set_xlabel("number of models N")
+            ax.set_ylabel("Ens Logits − Uniform Soup" + (" (points)" if k == 100.0 else ""))
+            ax.set_title(f"{pkey['dataset']} / {pkey['init']} init")
+            _legend_right(ax)
+        _hide_unused(axes, len(panels))
+        title = "Gap between logit ensemble and uniform soup"
+        if with_ci:
+            title += f" (bars: {100 * LEVEL:.0f}% paired bootstrap interval over test examples)"
+        fig.suptitle(_wrap(title, 4.4 * nc + 1.6))
+        return [_save(fig, Path(out_dir) / "wvf_gap_vs_n.png")]
 
 
 # -- cross task --------------------------------------------------------------------------
 
 
-def fig_cross_task(rows: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Model A, Model B and their uniform soup, evaluated on A's task, per pair."""
-    ct, wide = cross_task_frames(rows)
-    if ct.empty:
+@CROSS_TASK.figure
+def fig_cross_task(results: Results | pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Per architecture, one group per (task A, task B, seed): Model A, B's backbone with
+    A's head, their uniform soup and their ensembles, evaluated on task A."""
+    results = Results.of_rows(results)
+    t = results.wide(CROSS_TASK)
+    if t.empty:
         return []
-    wide = wide.reset_index()
-    keys = ("arch", "dataset", "other_dataset")
-    methods = order_methods((c for c in wide.columns if c not in keys), first=CROSS_TASK_ORDER)
-    k = 100.0 if is_fraction(wide[methods].to_numpy(float).ravel()) else 1.0
-    archs = sorted(wide["arch"].unique())
-    n_pairs = int(wide.groupby("arch").size().max())
-    with _figure(len(archs), 1, size=(max(4.5, 1.3 * n_pairs + 2), 2.9 * len(archs))) as (
-        fig,
-        axes,
-    ):
+    methods = _present(t, CROSS_TASK, skip=())
+    if not methods:
+        return []
+    k = _scale(t[methods])
+    archs = sorted(t["arch"].unique())
+    shown = ["dataset", "other_dataset", *varying(t, ["seed"])]
+    n_groups = int(t.groupby("arch").size().max())
+    width = min(16.0, max(5.0, 0.16 * n_groups * len(methods) + 3.0))
+    with _figure(len(archs), 1, size=(width, 2.9 * len(archs) + 0.3)) as (fig, axes):
         for ax, arch in zip(axes[:, 0], archs, strict=True):
-            w = wide[wide["arch"] == arch]
-            x = np.arange(len(w))
-            width = 0.8 / len(methods)
-            for i, m in enumerate(methods):
-                ax.bar(
-                    x + (i - (len(methods) - 1) / 2) * width,
-                    w[m].to_numpy(float) * k,
-                    width,
-                    label=m,
-                    color=method_color(m),
-                )
-            ax.set_xticks(
-                x, [f"A={a}\nB={b}" for a, b in zip(w["dataset"], w["other_dataset"], strict=True)]
+            w = t[t["arch"] == arch].sort_values(["dataset", "other_dataset", "seed"])
+            _bars(ax, w, methods, k)
+            labels = [
+                "\n".join(["A=" + str(r["dataset"]), *_label(r, shown[1:], "\n").split("\n")])
+                for _, r in w.iterrows()
+            ]
+            ax.set_xticks(range(len(w)), labels)
+            ax.set_ylabel(f"test {_metric_label(w['metric'], k == 100.0)} on A")
+            constant = _constant(w, ["seed"])
+            ax.set_title(
+                f"{arch}: merging models of different tasks (A's head)"
+                + (f", {constant}" if constant else "")
             )
-            ax.set_ylabel(f"test {_metric_label(ct['metric'].unique().tolist(), k == 100.0)} on A")
-            ax.set_title(f"{arch}: merging models of different tasks")
-            ax.grid(axis="x", visible=False)
-            ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
-        return [_save(fig, out_dir / "cross_task.png")]
+            _legend_right(ax)
+        return [_save(fig, Path(out_dir) / "cross_task.png")]
 
 
 # -- magnitude ---------------------------------------------------------------------------
 
-
-def _magnitude(rows: pd.DataFrame) -> pd.DataFrame:
-    mag = primary_rows(magnitude_rows(study_rows(rows, "magnitude")))
-    if (mag["split"] == "test").any():
-        mag = mag[mag["split"] == "test"]
-    return mag.dropna(subset=["value", "magnitude"])
+_MAG_FILE = ("dataset", "arch", "init", "seed", "tensors")
 
 
-def _option_facets(df: pd.DataFrame) -> list[tuple[str, str]]:
-    """(scaled, tensors) combinations present, the default ("all", "all") first."""
-    combos = sorted(set(zip(df["scaled"], df["tensors"], strict=True)))
-    default = (DEFAULT_OPTION, DEFAULT_OPTION)
-    return ([default] if default in combos else []) + [c for c in combos if c != default]
-
-
-def fig_magnitude(rows: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Per dataset/architecture: every method's accuracy against the scaling factor."""
-    mag = _magnitude(rows)
-    if mag.empty:
+@MAGNITUDE.figure
+def fig_magnitude(results: Results | pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Per (dataset, arch, init, seed): every method's test metric against the scaling
+    factor at the largest N, one panel per (scaled, bn) option; the share of test
+    examples with non-finite logits (worst method) on a grey dashed twin axis."""
+    results = Results.of_rows(results)
+    t = results.wide(MAGNITUDE)
+    if t.empty:
         return []
+    nf = results.wide(MAGNITUDE, metric="nonfinite")
     paths = []
-    k = 100.0 if is_fraction(mag["value"]) else 1.0
-    for (dataset, arch), g in mag.groupby(["dataset", "arch"], sort=True):
-        facets = _option_facets(g)
-        nr, nc = _grid(len(facets))
-        with _figure(nr, nc, size=(3.8 * nc, 2.9 * nr + 0.6)) as (fig, axes):
-            for ax, (scaled, tensors) in zip(axes.ravel(), facets, strict=False):
-                f = g[(g["scaled"] == scaled) & (g["tensors"] == tensors)]
-                n = f["n_models"].max()
-                if pd.notna(n):
-                    f = f[f["n_models"] == n]
-                curves = f.groupby(["method", "magnitude"])["value"].mean()
-                for m in order_methods(f["method"].unique()):
-                    c = curves.loc[m].sort_index()
-                    ax.plot(c.index, c.to_numpy() * k, "o-", label=m, color=method_color(m))
-                _log_x(ax, f["magnitude"].unique())
-                ax.set_xlabel("scaling factor c")
-                ax.set_ylabel(f"test {_metric_label(f['metric'].unique().tolist(), k == 100.0)}")
-                n_text = f", N={_int(n)}" if pd.notna(n) else ""
-                ax.set_title(f"{dataset} / {arch}\nscaled={scaled}, tensors={tensors}{n_text}")
-            _hide_unused(axes, len(facets))
-            _fig_legend(fig, axes[0, 0])
-            paths.append(_save(fig, out_dir / f"magnitude_{slug(dataset)}_{slug(arch)}.png"))
+    for key, g in _groups(t, _MAG_FILE):
+        methods = _present(g, MAGNITUDE)
+        if not methods:
+            continue
+        k = _scale(g[methods])
+        scaled = _ordered(g["scaled"], _SCALED_ORDER)
+        bns = _ordered(g["bn"], _BN_ORDER)
+        combos = set(zip(g["scaled"], g["bn"], strict=True))
+        gnf = _match(nf, key) if not nf.empty else nf
+        nf_methods = _present(gnf, MAGNITUDE) if not gnf.empty else []
+        show_nf = bool(nf_methods) and bool((gnf[nf_methods].to_numpy(float) > 0).any())
+        nr, nc = len(scaled), len(bns)
+        twins: list[Axes] = []
+        width = max(4.4, 3.3 * nc + 0.4)
+        panel_in = (width - 0.4) / nc - 1.0
+        with _figure(nr, nc, size=(width, 2.55 * nr + 1.3)) as (fig, axes):
+            for r, s in enumerate(scaled):
+                for c, b in enumerate(bns):
+                    ax = axes[r, c]
+                    if (s, b) not in combos:
+                        ax.remove()
+                        continue
+                    p = g[(g["scaled"] == s) & (g["bn"] == b)]
+                    n = p["n_models"].max()
+                    p = p[p["n_models"] == n].sort_values("magnitude")
+                    for m in methods:
+                        if p[m].notna().any():
+                            ax.plot(
+                                p["magnitude"],
+                                p[m] * k,
+                                "o-",
+                                markersize=3,
+                                label=m,
+                                color=method_color(m),
+                            )
+                    _log_x(ax, p["magnitude"], panel_in)
+                    ax.set_xlabel("scaling factor c")
+                    if c == 0 or (s, bns[c - 1]) not in combos:
+                        ax.set_ylabel(f"test {_metric_label(p['metric'], k == 100.0)}")
+                    ax.set_title(f"scaled={s}, bn={b}, N={_num(n)}")
+                    if show_nf:
+                        q = _match(gnf, {"scaled": s, "bn": b, "n_models": n})
+                        q = q.sort_values("magnitude")
+                        tw = ax.twinx()
+                        twins.append(tw)
+                        tw.plot(
+                            q["magnitude"],
+                            q[nf_methods].max(axis=1).to_numpy(float) * 100.0,
+                            linestyle="--",
+                            color=_NONFINITE_COLOR,
+                            linewidth=1.0,
+                            label="non-finite logits, worst method (%)",
+                        )
+                        tw.set_ylim(-4, 104)
+                        tw.set_yticks([0, 50, 100])
+                        tw.grid(False)
+                        tw.spines["right"].set_visible(True)
+                        tw.tick_params(axis="y", colors=_NONFINITE_COLOR, labelsize=7)
+                        if c == nc - 1 or (s, bns[c + 1]) not in combos:
+                            tw.set_ylabel("non-finite (%)", color=_NONFINITE_COLOR)
+            constant = _constant(g, ["init", "seed", "tensors"])
+            title = f"{key['dataset']} / {key['arch']}: parameters scaled by c"
+            fig.suptitle(_headline(title, constant, width))
+            _fig_legend(fig, [ax for ax in fig.axes if ax not in twins], twins[:1])
+            name = _stem("magnitude", key, ["dataset", "arch"], ["init", "seed", "tensors"], t)
+            paths.append(_save(fig, Path(out_dir) / f"{name}.png"))
     return paths
 
 
-def fig_magnitude_gap(rows: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Per dataset/architecture: Ens Logits minus Uniform Soup against c, one line per N."""
-    mag = _magnitude(rows)
-    mag = mag[mag["method"].isin(["Ens Logits", "Uniform Soup"])]
-    if mag.empty:
+@MAGNITUDE.figure
+def fig_magnitude_gap(results: Results | pd.DataFrame, out_dir: Path) -> list[Path]:
+    """The paper's protocol (every model and tensor scaled; BatchNorm with batch
+    statistics): Ens Logits minus Uniform Soup against c, one line per N, a panel per
+    target (dataset, arch, init, seed)."""
+    results = Results.of_rows(results)
+    t = primary_magnitude(results)
+    pair = ["Ens Logits", "Uniform Soup"]
+    if t.empty or not set(pair) <= set(t.columns):
         return []
-    k = 100.0 if is_fraction(mag["value"]) else 1.0
-    paths = []
-    for (dataset, arch), g in mag.groupby(["dataset", "arch"], sort=True):
-        wide = (
-            g.groupby(["scaled", "tensors", "n_models", "magnitude", "method"], dropna=False)[
-                "value"
-            ]
-            .mean()
-            .unstack("method")
-        )
-        if not {"Ens Logits", "Uniform Soup"} <= set(wide.columns):
-            continue
-        gap = ((wide["Ens Logits"] - wide["Uniform Soup"]) * k).dropna().rename("gap")
-        if gap.empty:
-            continue
-        gap = gap.reset_index()
-        facets = _option_facets(gap)
-        nr, nc = _grid(len(facets))
-        with _figure(nr, nc, size=(3.8 * nc, 2.9 * nr + 0.4)) as (fig, axes):
-            for ax, (scaled, tensors) in zip(axes.ravel(), facets, strict=False):
-                f = gap[(gap["scaled"] == scaled) & (gap["tensors"] == tensors)]
-                for n, c in f.groupby("n_models", dropna=False, sort=True):
-                    c = c.sort_values("magnitude")
-                    label = f"N={_int(n)}" if pd.notna(n) else "N=?"
-                    ax.plot(c["magnitude"], c["gap"], "o-", label=label)
-                ax.axhline(0.0, color="black", linewidth=0.8)
-                _log_x(ax, f["magnitude"].unique())
-                ax.set_xlabel("scaling factor c")
-                ax.set_ylabel("Ens Logits − Uniform Soup" + (" (points)" if k == 100.0 else ""))
-                ax.set_title(f"{dataset} / {arch}\nscaled={scaled}, tensors={tensors}")
-                _legend(ax)
-            _hide_unused(axes, len(facets))
-            paths.append(_save(fig, out_dir / f"magnitude_gap_{slug(dataset)}_{slug(arch)}.png"))
-    return paths
+    t = t.dropna(subset=pair)
+    if t.empty:
+        return []
+    k = _scale(t[pair])
+    t = t.assign(gap=(t["Ens Logits"] - t["Uniform Soup"]) * k)
+    per = ["dataset", "arch", "init", "seed", "bn"]
+    shown = ["dataset", "arch", *(c for c in varying(t, ["init", "seed"])), "bn"]
+    panels = list(_groups(t, per))
+    ns = sorted(t["n_models"].dropna().unique())
+    cmap = mpl.colormaps["viridis"]
+    colors = {n: cmap(0.85 * i / max(1, len(ns) - 1)) for i, n in enumerate(ns)}
+    nr, nc = _grid(len(panels))
+    width = max(4.4, 3.6 * nc)
+    with _figure(nr, nc, size=(width, 2.7 * nr + 1.1)) as (fig, axes):
+        for ax, (key, g) in zip(axes.ravel(), panels, strict=False):
+            for (n,), c in g.groupby(["n_models"], sort=True, dropna=False):
+                c = c.sort_values("magnitude")
+                ax.plot(
+                    c["magnitude"],
+                    c["gap"],
+                    "o-",
+                    markersize=3,
+                    label=f"N={_num(n)}",
+                    color=colors.get(n, "black"),
+                )
+            ax.axhline(0.0, color="black", linewidth=0.8)
+            _log_x(ax, g["magnitude"], width / nc - 1.0)
+            ax.set_xlabel("scaling factor c")
+            ax.set_ylabel("Ens Logits − Uniform Soup" + (" (points)" if k == 100.0 else ""))
+            ax.set_title(_label(key, shown))
+        _hide_unused(axes, len(panels))
+        constant = _constant(t, ["init", "seed"])
+        protocol = "every model and tensor scaled" + (f", {constant}" if constant else "")
+        fig.suptitle(_headline("Ens Logits − Uniform Soup against c", protocol, width))
+        _fig_legend(fig, fig.axes)
+        return [_save(fig, Path(out_dir) / "magnitude_gap.png")]
 
 
-def fig_magnitude_batches(rows: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Per-batch accuracy: Ens Logits (x) against Uniform Soup (y), one colour per factor."""
-    b = primary_rows(study_rows(rows, "magnitude_batches"))
-    if "batch" not in b.columns:
-        return []
-    b = b.dropna(subset=["value", "magnitude"])
-    b = b[b["method"].isin(["Ens Logits", "Uniform Soup"])]
+@MAGNITUDE_BATCHES.figure
+def fig_magnitude_batches(results: Results | pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Per experiment (every key but the factor fixed): per-batch accuracy of Ens Logits
+    (x) against Uniform Soup (y), one colour per factor, one panel per N."""
+    results = Results.of_rows(results)
+    pair = ["Ens Logits", "Uniform Soup"]
+    b = results.select(MAGNITUDE_BATCHES, where={"method": pair}).dropna(subset=["magnitude"])
     if b.empty:
         return []
-    b = magnitude_rows(b)
-    default = b[(b["scaled"] == DEFAULT_OPTION) & (b["tensors"] == DEFAULT_OPTION)]
-    b = default if not default.empty else b
-    k = 100.0 if is_fraction(b["value"]) else 1.0
-    paths = []
-    for (dataset, arch), g in b.groupby(["dataset", "arch"], sort=True):
-        wide = (
-            g.groupby(["n_models", "magnitude", "batch", "method"], dropna=False)["value"]
-            .mean()
-            .unstack("method")
+    keys = list(MAGNITUDE_BATCHES.keys)
+    index = [*keys, "batch"]
+    dup = b.duplicated([*index, "method"], keep=False)
+    if dup.any():
+        first = b[dup].iloc[0]
+        raise ValueError(
+            "magnitude_batches: rows share one experiment, batch and method ("
+            + ", ".join(f"{c}={first[c]}" for c in [*index, "method"])
+            + "); a key column is missing from these rows"
         )
-        if not {"Ens Logits", "Uniform Soup"} <= set(wide.columns):
-            continue
-        wide = wide.dropna(subset=["Ens Logits", "Uniform Soup"]).reset_index()
-        if wide.empty:
-            continue
-        ns = sorted(wide["n_models"].unique(), key=lambda v: (pd.isna(v), v))
-        factors = sorted(wide["magnitude"].unique())
+    wide = b.set_index([*index, "method"])["value"].unstack("method").reset_index()
+    if not set(pair) <= set(wide.columns):
+        return []
+    wide = wide.dropna(subset=pair)
+    file_keys = [c for c in keys if c not in ("n_models", "magnitude")]
+    k = _scale(wide[pair])
+    unit = " (%)" if k == 100.0 else ""
+    paths = []
+    for key, g in _groups(wide, file_keys):
+        ns = sorted(g["n_models"].unique(), key=lambda v: (pd.isna(v), v))
+        factors = sorted(g["magnitude"].unique())
         cmap = mpl.colormaps["viridis"]
-        colors = {f: cmap(i / max(1, len(factors) - 1)) for i, f in enumerate(factors)}
-        lo = float(min(wide["Ens Logits"].min(), wide["Uniform Soup"].min()) * k)
-        hi = float(max(wide["Ens Logits"].max(), wide["Uniform Soup"].max()) * k)
-        pad = 0.03 * (hi - lo or 1.0)
+        colors = {f: cmap(0.9 * i / max(1, len(factors) - 1)) for i, f in enumerate(factors)}
+        values = g[pair].to_numpy(float) * k
+        lo, hi = float(values.min()), float(values.max())
+        pad = 0.04 * (hi - lo or 1.0)
         nr, nc = _grid(len(ns))
-        with _figure(nr, nc, size=(3.6 * nc, 3.4 * nr)) as (fig, axes):
+        width = max(4.4, 3.4 * nc)
+        with _figure(nr, nc, size=(width, 3.2 * nr + 1.2)) as (fig, axes):
             for ax, n in zip(axes.ravel(), ns, strict=False):
-                w = wide[wide["n_models"].isna()] if pd.isna(n) else wide[wide["n_models"] == n]
+                w = _match(g, {"n_models": n})
                 for f in factors:
                     p = w[w["magnitude"] == f]
                     if len(p):
                         ax.scatter(
                             p["Ens Logits"] * k,
                             p["Uniform Soup"] * k,
-                            s=10,
-                            alpha=0.7,
+                            s=11,
+                            alpha=0.75,
                             color=colors[f],
-                            label=f"c={_int(f)}",
+                            label=f"c={_num(f)}",
                         )
-                ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "k--", linewidth=0.8)
+                ax.plot(
+                    [lo - pad, hi + pad],
+                    [lo - pad, hi + pad],
+                    "k--",
+                    linewidth=0.8,
+                    label="soup = ensemble",
+                )
                 ax.set_xlim(lo - pad, hi + pad)
                 ax.set_ylim(lo - pad, hi + pad)
                 ax.set_aspect("equal")
-                unit = " (%)" if k == 100.0 else ""
                 ax.set_xlabel(f"Ens Logits batch accuracy{unit}")
                 ax.set_ylabel(f"Uniform Soup batch accuracy{unit}")
-                n_text = f", N={_int(n)}" if pd.notna(n) else ""
-                ax.set_title(f"{dataset} / {arch}{n_text}")
-                _legend(ax)
+                ax.set_title(f"N={_num(n)}")
             _hide_unused(axes, len(ns))
-            name = f"magnitude_batches_{slug(dataset)}_{slug(arch)}.png"
-            paths.append(_save(fig, out_dir / name))
+            title = f"{key['dataset']} / {key['arch']}: class-mixed test batches\n"
+            title += _label(key, [c for c in file_keys if c not in ("dataset", "arch")], ", ")
+            fig.suptitle(_wrap(title, width))
+            _fig_legend(fig, fig.axes)
+            name = _stem("magnitude_batches", key, ["dataset", "arch"], file_keys[2:], wide)
+            paths.append(_save(fig, Path(out_dir) / f"{name}.png"))
     return paths
 
 
 # -- weight statistics -------------------------------------------------------------------
 
 
-def fig_weight_stats(rows: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Per layer: max |w| and variance of each model, of their average, and the prediction."""
-    ws = study_rows(rows, "weight_stats")
-    if ws.empty or "layer" not in ws.columns:
+@WEIGHT_STATS.figure
+def fig_weight_stats(results: Results | pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Per experiment: each tensor's statistic of the average against the mean of the
+    models' (log-log; on the diagonal: no shrinkage), for max |w| and variance; for the
+    variance also the independent-weights prediction sum(s_i^2)/N^2 (hollow). Weight
+    matrices and kernels in colour, biases and norm scales in grey."""
+    results = Results.of_rows(results)
+    ws = results.of(WEIGHT_STATS)
+    ws = ws[ws["method"].isin(["model", "average"])].dropna(subset=["value"])
+    if ws.empty:
         return []
-    ws = ws.dropna(subset=["value"])
-    ws = ws.assign(layer=ws["layer"].astype(str))
-    if "model" not in ws.columns:
-        ws = ws.assign(model=0)
+    keys = list(WEIGHT_STATS.keys)
     paths = []
-    for (dataset, arch, n), g in ws.groupby(
-        ["dataset", "arch", "n_models"], dropna=False, sort=True
-    ):
-        layers = list(pd.unique(g["layer"]))
-        pos = {name: i for i, name in enumerate(layers)}
+    for key, g in _groups(ws, keys):
         panels = [m for m in ("max_abs", "variance") if (g["metric"] == m).any()]
         if not panels:
             continue
-        with _figure(
-            1, len(panels), size=(max(4.5, 0.22 * len(layers) + 3) * len(panels), 3.4)
-        ) as (
-            fig,
-            axes,
-        ):
+        ndim = pd.to_numeric(g.get("ndim", pd.Series(np.nan, index=g.index)), errors="coerce")
+        matrices = set(g.loc[ndim.fillna(2) >= 2, "layer"])
+        with _figure(1, len(panels), size=(3.6 * len(panels) + 0.6, 3.8)) as (fig, axes):
             for ax, metric in zip(axes[0], panels, strict=True):
                 models = g[(g["method"] == "model") & (g["metric"] == metric)]
-                for i, (_, mg) in enumerate(models.groupby("model", sort=True)):
-                    mg = mg.groupby("layer", sort=False)["value"].mean()
-                    ax.plot(
-                        [pos[name] for name in mg.index],
-                        mg.to_numpy(),
-                        "o-",
-                        color="#9e9e9e",
-                        linewidth=0.8,
-                        markersize=2.5,
-                        label="individual models" if i == 0 else None,
-                    )
-                lines = [(metric, "average", "#d62728", "-")]
+                mean = models.groupby("layer", sort=False)["value"].mean()
+                avg = g[(g["method"] == "average") & (g["metric"] == metric)]
+                avg = avg.groupby("layer", sort=False)["value"].mean().reindex(mean.index)
+                is_matrix = np.array([name in matrices for name in mean.index])
+                kinds = (
+                    (is_matrix, "#d62728", "weight matrices, kernels"),
+                    (~is_matrix, "#9e9e9e", "biases, norm scales"),
+                )
+                for sel, color, label in kinds:
+                    if sel.any():
+                        ax.scatter(mean[sel], avg[sel], s=14, color=color, label=label)
+                values = [mean.to_numpy(), avg.to_numpy()]
                 if metric == "variance":
-                    lines.append(("predicted_variance", "predicted (independent)", "black", "--"))
-                for name, label, color, style in lines:
-                    a = g[(g["method"] == "average") & (g["metric"] == name)]
-                    a = a.groupby("layer", sort=False)["value"].mean()
-                    if len(a):
-                        ax.plot(
-                            [pos[x] for x in a.index],
-                            a.to_numpy(),
-                            marker="o",
-                            linestyle=style,
-                            color=color,
-                            label=label,
-                        )
-                values = g[g["metric"].isin([metric, "predicted_variance"])]["value"]
-                if len(values) and (values > 0).all() and values.max() > 20 * values.min():
+                    pred = g[(g["method"] == "average") & (g["metric"] == "predicted_variance")]
+                    pred = pred.groupby("layer", sort=False)["value"].mean().reindex(mean.index)
+                    if pred.notna().any():
+                        ax.scatter(mean, pred, s=14, facecolors="none", edgecolors="black",
+                                   label="predicted, independent weights")  # fmt: skip
+                        values.append(pred.to_numpy())
+                finite = np.concatenate(values)
+                finite = finite[np.isfinite(finite) & (finite > 0)]
+                if finite.size:
+                    lo, hi = finite.min() / 1.5, finite.max() * 1.5
+                    ax.plot([lo, hi], [lo, hi], "k:", linewidth=0.8, label="no shrinkage")
+                    ax.set_xscale("log")
                     ax.set_yscale("log")
-                if len(layers) <= 24:
-                    ax.set_xticks(range(len(layers)), [_short(x) for x in layers], rotation=90)
-                else:
-                    ax.set_xlabel("layer index")
-                ax.set_ylabel("max |w|" if metric == "max_abs" else "variance of w")
-                n_text = f", N={_int(n)}" if pd.notna(n) else ""
-                ax.set_title(f"{dataset} / {arch}{n_text}")
-                _legend(ax)
-            name = f"weight_stats_{slug(dataset)}_{slug(arch)}"
-            name += f"_n{_int(n)}.png" if pd.notna(n) else ".png"
-            paths.append(_save(fig, out_dir / name))
+                    ax.set_xlim(lo, hi)
+                    ax.set_ylim(lo, hi)
+                    ax.xaxis.set_minor_formatter(NullFormatter())
+                    ax.yaxis.set_minor_formatter(NullFormatter())
+                what = "max |w|" if metric == "max_abs" else "variance of w"
+                ax.set_xlabel(f"{what}: mean of the models")
+                ax.set_ylabel(f"{what}: their average")
+                ax.set_title(f"{what} per tensor")
+            fig.suptitle(f"Weight statistics: {_label(key, keys)} averaged")
+            _fig_legend(fig, fig.axes)
+            name = _stem("weight_stats", key, ["dataset", "arch"], ["init", "seed"], ws)
+            paths.append(
+                _save(fig, Path(out_dir) / f"{name}_{_file_part('n_models', key['n_models'])}.png")
+            )
     return paths
 
 
@@ -561,46 +973,71 @@ def _short(layer: str, width: int = 22) -> str:
 # -- templates ---------------------------------------------------------------------------
 
 
-def fig_template_correlation(rows: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Per dataset: per-class correlation of each kind of template with the class mean."""
-    tp = study_rows(rows, "templates")
-    tp = tp[tp["metric"] == "template_correlation"].dropna(subset=["value"])
+@TEMPLATES.figure
+def fig_template_correlation(results: Results | pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Per (dataset, arch, seed): per-class correlation of each kind of template with the
+    class means (bar: median, dots: classes) and the share of classes identified."""
+    results = Results.of_rows(results)
+    tp = results.select(TEMPLATES, split=None, metric="template_correlation")
     if tp.empty:
         return []
-    methods = order_methods(tp["method"].unique(), first=TEMPLATE_ORDER)
-    groups = list(tp.groupby(["dataset", "arch"], sort=True))
-    colors = dict(
-        zip(methods, ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b"), strict=False)
-    )
-    with _figure(size=(max(4.0, 1.6 * len(groups) + 2), 3.2)) as (fig, axes):
+    ident = results.select(TEMPLATES, split=None, metric="identified")
+    keys = list(TEMPLATES.keys)
+    methods = _ordered(tp["method"], _TEMPLATE_ORDER)
+    groups = list(_groups(tp, keys))
+    shown = ["dataset", *(c for c in varying(tp, keys) if c != "dataset")]
+    width = 0.8 / len(methods)
+    size = (max(5.0, 0.5 * len(groups) * len(methods) + 2.8), 3.4)
+    with _figure(size=size) as (fig, axes):
         ax = axes[0, 0]
-        width = 0.8 / len(methods)
-        for gi, (_, g) in enumerate(groups):
+        for gi, (key, g) in enumerate(groups):
             for i, m in enumerate(methods):
                 v = np.sort(g[g["method"] == m]["value"].to_numpy(float))
                 if not len(v):
                     continue
                 x0 = gi + (i - (len(methods) - 1) / 2) * width
-                color = colors.get(m, "#7f7f7f")
+                color = method_color(str(m))
                 ax.bar(
-                    x0, np.median(v), width, color=color, alpha=0.35, label=m if gi == 0 else None
+                    x0,
+                    np.median(v),
+                    width * 0.9,
+                    color=color,
+                    alpha=0.35,
+                    label=str(m) if gi == 0 else None,
                 )
                 jitter = np.linspace(-0.3, 0.3, len(v)) * width if len(v) > 1 else np.zeros(1)
-                ax.scatter(x0 + jitter, v, s=6, color=color)
+                ax.scatter(x0 + jitter, v, s=6, color=color, zorder=3)
+                hit = _match(ident, {**key, "method": m})["value"]
+                if len(hit):
+                    ax.annotate(
+                        f"{100 * hit.mean():.0f}%",
+                        xy=(x0, max(float(v.max()), float(np.median(v)), 0.0)),
+                        xytext=(0, 3),
+                        textcoords="offset points",
+                        ha="center",
+                        va="bottom",
+                        fontsize=6.5,
+                    )
         ax.axhline(0.0, color="black", linewidth=0.8)
-        ax.set_xticks(range(len(groups)), [f"{d}\n{a}" if a else d for (d, a), _ in groups])
+        ax.margins(y=0.12)
+        ax.set_xticks(range(len(groups)), [_label(key, shown, "\n") for key, _ in groups])
         ax.set_ylabel("correlation with class mean")
-        ax.set_title("Weights as templates (bar: median; dots: classes)")
+        ax.set_title(
+            "Weights as templates\nbar: median over classes; dots: classes; %: classes identified"
+        )
         ax.grid(axis="x", visible=False)
-        _legend(ax)
-        return [_save(fig, out_dir / "templates_correlation.png")]
+        _legend_right(ax)
+        return [_save(fig, Path(out_dir) / "templates_correlation.png")]
 
 
 def _find_arrays(out_dir: Path, arrays_dir: Path | None) -> Path | None:
+    out_dir = Path(out_dir)
     candidates = (
-        [arrays_dir] if arrays_dir is not None else [out_dir / "arrays", out_dir.parent / "arrays"]
+        [Path(arrays_dir)]
+        if arrays_dir is not None
+        else [out_dir / "arrays", out_dir.parent / "arrays"]
     )
-    return next((p for p in candidates if p is not None and p.is_dir()), None)
+    return next((p for p in candidates if p.is_dir()), None)
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray] | None:
@@ -663,8 +1100,9 @@ _TEMPLATE_ROWS = (
 )
 
 
+@TEMPLATES.figure
 def fig_templates(
-    rows: pd.DataFrame, out_dir: Path, *, arrays_dir: Path | None = None
+    results: Results | pd.DataFrame | None, out_dir: Path, *, arrays_dir: Path | None = None
 ) -> list[Path]:
     """Grids from ``arrays/templates_*.npz``: class means, templates and merged templates."""
     found = _find_arrays(out_dir, arrays_dir)
@@ -699,11 +1137,14 @@ def fig_templates(
             more = f" (first {ncols} of {total})" if total > ncols else ""
             name = path.stem.removeprefix("templates_")
             fig.suptitle(f"Weights as templates: {name}{more}", fontsize=9)
-            paths.append(_save(fig, out_dir / f"{slug(path.stem)}.png"))
+            paths.append(_save(fig, Path(out_dir) / f"{slug(path.stem)}.png"))
     return paths
 
 
-def fig_kernels(rows: pd.DataFrame, out_dir: Path, *, arrays_dir: Path | None = None) -> list[Path]:
+@TEMPLATES.figure
+def fig_kernels(
+    results: Results | pd.DataFrame | None, out_dir: Path, *, arrays_dir: Path | None = None
+) -> list[Path]:
     """First-layer kernels from ``arrays/kernels_*.npz`` (key ``grid``, already tiled)."""
     found = _find_arrays(out_dir, arrays_dir)
     if found is None:
@@ -721,59 +1162,59 @@ def fig_kernels(rows: pd.DataFrame, out_dir: Path, *, arrays_dir: Path | None = 
             _image_axes(ax)
             ax.imshow(img, cmap=cmap, vmin=0.0, vmax=1.0)
             ax.set_title(f"First-layer kernels: {path.stem.removeprefix('kernels_')}")
-            paths.append(_save(fig, out_dir / f"{slug(path.stem)}.png"))
+            paths.append(_save(fig, Path(out_dir) / f"{slug(path.stem)}.png"))
     return paths
 
 
 # -- all figures -------------------------------------------------------------------------
 
-# Study -> its figures, in the order the report shows them.
-FIGURES: dict[str, tuple[Callable[..., list[Path]], ...]] = {
-    "weights_vs_features": (fig_method_bars, fig_methods_vs_n, fig_gap_vs_n),
-    "cross_task": (fig_cross_task,),
-    "magnitude": (fig_magnitude, fig_magnitude_gap),
-    "magnitude_batches": (fig_magnitude_batches,),
-    "weight_stats": (fig_weight_stats,),
-    "templates": (fig_template_correlation, fig_templates, fig_kernels),
-}
-_NEEDS_ARRAYS = {fig_templates, fig_kernels}
+
+def _takes_arrays(fn: FigureFn) -> bool:
+    try:
+        return "arrays_dir" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def figures_by_study(
-    rows: pd.DataFrame,
+    results: Results | pd.DataFrame | None,
     out_dir: Path,
     *,
     arrays_dir: Path | None = None,
     errors: list[str] | None = None,
 ) -> dict[str, list[Path]]:
-    """Draw every figure whose data is present; the written PNGs grouped by study.
+    """Draw every registered figure whose data is present; the PNGs written, by study
+    (every study is a key, in the registry's order).
 
     A figure that fails is reported (a warning, and a line appended to ``errors``) and
     the others are still drawn: one broken plot should not cost the whole report.
     """
     out_dir = Path(out_dir)
-    rows = normalize_rows(rows)
-    result: dict[str, list[Path]] = {}
-    for study, fns in FIGURES.items():
-        written: list[Path] = []
-        for fn in fns:
-            call: Callable[[pd.DataFrame, Path], list[Path]] = (
-                functools.partial(fn, arrays_dir=arrays_dir) if fn in _NEEDS_ARRAYS else fn
-            )
+    results = Results.of_rows(results)
+    written: dict[str, list[Path]] = {}
+    for name, study in STUDIES.items():
+        paths: list[Path] = []
+        for fn in study.figures:
+            kwargs = {"arrays_dir": arrays_dir} if _takes_arrays(fn) else {}
             try:
-                written += call(rows, out_dir)
+                paths += fn(results, out_dir, **kwargs)
             except Exception as exc:
-                message = f"figure {fn.__name__} failed: {type(exc).__name__}: {exc}"
+                label = getattr(fn, "__name__", repr(fn))
+                message = f"figure {label} failed: {type(exc).__name__}: {exc}"
                 warnings.warn(message, stacklevel=2)
                 if errors is not None:
                     errors.append(message)
-        result[study] = written
-    return result
+        written[name] = paths
+    return written
 
 
 def make_figures(
-    rows: pd.DataFrame, out_dir: Path, *, arrays_dir: Path | None = None
+    results: Results | pd.DataFrame | None,
+    out_dir: Path,
+    *,
+    arrays_dir: Path | None = None,
+    errors: list[str] | None = None,
 ) -> list[Path]:
     """Draw every figure whose data is present under ``out_dir``; the PNGs written."""
-    by_study = figures_by_study(rows, out_dir, arrays_dir=arrays_dir)
+    by_study = figures_by_study(results, out_dir, arrays_dir=arrays_dir, errors=errors)
     return [p for paths in by_study.values() for p in paths]

@@ -20,46 +20,25 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from mergelab.report._common import normalize_rows
 from mergelab.report._io import atomic_write_text, read_results, write_results
-from mergelab.report.claims import Claim, evaluate_claims, write_claims_md
+from mergelab.report.claims import (
+    Claim,
+    Sanity,
+    evaluate_claims,
+    run_sanity_checks,
+    sanity_label,
+    seed_note,
+    write_claims_md,
+)
 from mergelab.report.figures import figures_by_study
+from mergelab.report.frames import Results
 from mergelab.report.tables import Table, study_tables
+from mergelab.results import OUTCOMES_FILE, write_outcomes
+from mergelab.studies.registry import STUDIES
 
-__all__ = ["SECTIONS", "read_results", "write_all", "write_report", "write_results"]
+__all__ = ["read_results", "write_all", "write_report", "write_results"]
 
 DEFAULT_TITLE = "mergelab: Rethinking Weight-Averaged Model-merging, reproduced"
-
-# Study -> (heading, what it shows), in report order.
-SECTIONS: dict[str, tuple[str, str]] = {
-    "weights_vs_features": (
-        "Weight averaging vs feature averaging",
-        "Soups (Uniform, Greedy) against output and feature ensembles, per dataset, "
-        "architecture and model count N; selection on val, numbers on test.",
-    ),
-    "cross_task": (
-        "Merging models of different tasks",
-        "A model of task A averaged with a model of task B (same architecture), evaluated on A.",
-    ),
-    "magnitude": (
-        "Magnitude: scaling the weights",
-        "Every model's parameters scaled by c before merging or ensembling.",
-    ),
-    "magnitude_batches": (
-        "Magnitude: per-batch accuracy",
-        "Each point is one test batch: logit ensemble (x) against uniform soup (y).",
-    ),
-    "weight_stats": (
-        "Weight statistics before and after averaging",
-        "Per tensor: max |w| and variance of each model, of their average, and the "
-        "prediction for independent weights, sum(s_i^2)/N^2.",
-    ),
-    "templates": (
-        "Weights as templates",
-        "A linear classifier's class rows, reshaped to the image, beside the class means; "
-        "merged classifiers blend their templates. First-layer kernels shown the same way.",
-    ),
-}
 
 _CSS = """
 body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:2em auto;
@@ -71,9 +50,11 @@ th,td{border:1px solid #ddd;padding:.25em .5em;text-align:right;vertical-align:t
 th{background:#f4f4f4}td.text,th.text{text-align:left}
 table.claims td{text-align:left}
 .verdict{font-weight:bold;white-space:nowrap;padding:.1em .4em;border-radius:3px}
-.v-reproduced{background:#d9f2d9;color:#1b5e20}
-.v-not-reproduced{background:#fbdcdc;color:#8e1b1b}
-.v-not-measured{background:#eeeeee;color:#555}
+.v-reproduced,.v-passed{background:#d9f2d9;color:#1b5e20}
+.v-contradicted,.v-FAILED{background:#fbdcdc;color:#8e1b1b}
+.v-inconclusive{background:#fff3cd;color:#7a5b00}
+.v-not-measured,.v-not-run{background:#eeeeee;color:#555}
+.alarm{border:2px solid #8e1b1b;background:#fbdcdc;padding:.5em 1em;color:#8e1b1b}
 figure{display:inline-block;margin:.5em 1em .5em 0;vertical-align:top}
 figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{font-size:.8em;color:#666}
@@ -138,6 +119,8 @@ def _run_summary(rows: pd.DataFrame) -> pd.DataFrame:
             rows=("value", "size"),
             datasets=("dataset", join),
             architectures=("arch", join),
+            inits=("init", join),
+            seeds=("seed", counts),
             N=("n_models", counts),
         )
         .reset_index()
@@ -173,7 +156,34 @@ def _verdict_html(verdict: str) -> str:
     return f'<span class="verdict {_e(cls)}">{_e(verdict)}</span>'
 
 
-def _claims_html(claims: list[Claim]) -> str:
+def _sanity_html(checks: list[Sanity]) -> str:
+    if not checks:
+        return ""
+    rows = "".join(
+        f"<tr><td>{_e(s.statement)}</td><td>{_e(s.measured)}</td>"
+        f"<td>{_verdict_html(sanity_label(s))}</td></tr>"
+        for s in checks
+    )
+    parts = [
+        '<section id="sanity"><h2>Sanity checks</h2>',
+        '<p class="note">These hold by construction, so they are not findings; a failure '
+        "means a defect in the code or the data, and the study exits with an error.</p>",
+        '<table class="claims"><thead><tr><th class="text">Check</th>'
+        '<th class="text">Measured here</th><th class="text">Result</th></tr></thead>'
+        f"<tbody>{rows}</tbody></table>",
+    ]
+    for s in checks:
+        if s.details is not None and not s.details.empty:
+            parts.append(
+                _frame_html(
+                    Table(f"{s.key}: violations", s.details.head(200), fmt="{:.4g}", index=False)
+                )
+            )
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def _claims_html(claims: list[Claim], note: str = "") -> str:
     head = (
         '<table class="claims"><thead><tr><th class="text">Finding</th>'
         '<th class="text">Measured here</th><th class="text">Verdict</th></tr></thead><tbody>'
@@ -185,9 +195,13 @@ def _claims_html(claims: list[Claim]) -> str:
     )
     parts = [
         head + body + "</tbody></table>",
-        '<p class="note">Each verdict is computed from this run\'s results table. An honest '
-        '"not reproduced" is a result; "not measured" means the study that would test the '
-        "finding did not run or gave no usable rows.</p>",
+        '<p class="note">Each verdict is computed from this run\'s results: the pooled effect '
+        "with its 95 % paired bootstrap interval (test examples resampled, and seeds when "
+        "there are several) and the count of settings that support the finding, contradict "
+        "it, or cannot tell. <b>reproduced</b>: the interval lies on the paper's side; "
+        "<b>contradicted</b>: it lies on the other side; <b>inconclusive</b>: the noise is "
+        "larger than the effect; <b>not measured</b>: the study did not run.</p>",
+        f'<p class="note">{_e(note)}</p>' if note else "",
     ]
     for c in claims:
         inner = [f"<p>{_e(c.statement)}</p>"]
@@ -207,31 +221,36 @@ def _claims_html(claims: list[Claim]) -> str:
 
 
 def write_report(
-    rows: pd.DataFrame,
+    results: Results | pd.DataFrame,
     out_dir: Path,
     *,
     title: str = DEFAULT_TITLE,
     config: Mapping[str, Any] | None = None,
     arrays_dir: Path | None = None,
     claims: list[Claim] | None = None,
+    sanity: list[Sanity] | None = None,
 ) -> Path:
     """Write ``out_dir/report.html`` (self-contained) and ``out_dir/figures/*.png``.
 
     ``arrays_dir`` holds the ``*.npz`` pictures (default: ``out_dir/arrays``); ``claims``
-    defaults to every claim evaluated on ``rows``. Studies without rows still get a
-    section that says so, and claims without data read "not measured".
+    and ``sanity`` default to every claim and check evaluated on ``results``. Studies
+    without rows still get a section that says so, and claims without data read "not
+    measured".
     """
     out_dir = Path(out_dir)
-    rows = normalize_rows(rows)
+    results = Results.of_rows(results)
+    rows = results.rows
     fig_errors: list[str] = []
     figures = figures_by_study(
-        rows,
+        results,
         out_dir / "figures",
         arrays_dir=arrays_dir if arrays_dir is not None else out_dir / "arrays",
         errors=fig_errors,
     )
-    tables = study_tables(rows)
-    claims = evaluate_claims(rows) if claims is None else claims
+    tables = study_tables(results)
+    claims = evaluate_claims(results) if claims is None else claims
+    sanity = run_sanity_checks(results) if sanity is None else sanity
+    failed = [s for s in sanity if s.passed is False]
     versions = ", ".join(f"{k} {v}" for k, v in _versions().items())
     generated = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
@@ -242,6 +261,15 @@ def write_report(
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>",
         f"<header><h1>{_e(title)}</h1>",
+    ]
+    if failed:
+        parts.append(
+            '<p class="alarm"><b>Sanity checks failed:</b> '
+            + _e(", ".join(s.key for s in failed))
+            + ". These hold by construction; the numbers below come from defective code or "
+            'data. See <a href="#sanity">Sanity checks</a>.</p>'
+        )
+    parts += [
         '<p>Reproduction of the findings of "Rethinking Weight-Averaged Model-merging" '
         "(Wang et al.): weights as templates, weight averaging vs feature averaging, and "
         "the role of weight magnitude.</p>",
@@ -252,8 +280,9 @@ def write_report(
         f"<details><summary>Configuration</summary><pre>{_e(_config_yaml(config))}</pre></details>",
         f'<p class="note">Versions: {_e(versions)}. Generated {_e(generated)}.</p></header>',
         '<section id="claims"><h2>Claims and verdicts</h2>',
-        _claims_html(claims),
+        _claims_html(claims, seed_note(results) if not rows.empty else ""),
         "</section>",
+        _sanity_html(sanity),
     ]
     if fig_errors:
         parts.append(
@@ -261,15 +290,17 @@ def write_report(
             + "".join(f'<li class="error">{_e(m)}</li>' for m in fig_errors)
             + "</ul></section>"
         )
-    for study, (heading, blurb) in SECTIONS.items():
-        parts.append(f'<section id="{_e(study)}"><h2>{_e(heading)}</h2><p>{_e(blurb)}</p>')
-        figs, tabs = figures.get(study, []), tables.get(study, [])
-        if not figs and not tabs and not (rows["study"] == study).any():
+    for name, study in STUDIES.items():
+        parts.append(
+            f'<section id="{_e(name)}"><h2>{_e(study.heading)}</h2><p>{_e(study.blurb)}</p>'
+        )
+        figs, tabs = figures.get(name, []), tables.get(name, [])
+        if not figs and not tabs and not (rows["study"] == name).any():
             parts.append('<p class="note">Not run: no rows for this study.</p>')
         parts += [_figure_html(p) for p in figs]
         parts += [_frame_html(t) for t in tabs]
         parts.append("</section>")
-    other = rows[~rows["study"].isin(list(SECTIONS))]
+    other = rows[~rows["study"].isin(list(STUDIES))]
     if not other.empty:
         counts = other.groupby(["study", "method", "metric"]).agg(
             rows=("value", "size"), mean=("value", "mean")
@@ -281,28 +312,39 @@ def write_report(
         ]
     parts += [
         f"<footer>Generated by mergelab {_e(_versions()['mergelab'])} from {len(rows)} rows "
-        "of the results table. Every number, figure and verdict above is computed from "
-        "that table.</footer>",
+        f"of the results table and {len(results.outcomes)} outcome vectors. Every number, "
+        "figure and verdict above is computed from them.</footer>",
         "</body></html>",
     ]
     return atomic_write_text(out_dir / "report.html", "\n".join(parts) + "\n")
 
 
 def write_all(
-    rows: pd.DataFrame,
+    results: Results | pd.DataFrame,
     out_dir: Path,
     *,
     title: str = DEFAULT_TITLE,
     config: Mapping[str, Any] | None = None,
     arrays_dir: Path | None = None,
-) -> dict[str, Path]:
-    """``results.csv``, ``claims.md`` and ``report.html`` (with figures) in ``out_dir``."""
+) -> dict[str, Any]:
+    """``results.csv``, ``outcomes.npz``, ``claims.md`` and ``report.html`` (with figures)
+    in ``out_dir``; also, under ``sanity_failures``, the keys of failed sanity checks."""
     out_dir = Path(out_dir)
-    claims = evaluate_claims(rows)
+    results = Results.of_rows(results)
+    claims = evaluate_claims(results)
+    sanity = run_sanity_checks(results)
     return {
-        "results": write_results(rows, out_dir),
-        "claims": write_claims_md(claims, out_dir / "claims.md"),
+        "results": write_results(results.rows, out_dir),
+        "outcomes": write_outcomes(results.outcomes, out_dir / OUTCOMES_FILE),
+        "claims": write_claims_md(claims, out_dir / "claims.md", sanity, seed_note(results)),
         "report": write_report(
-            rows, out_dir, title=title, config=config, arrays_dir=arrays_dir, claims=claims
+            results,
+            out_dir,
+            title=title,
+            config=config,
+            arrays_dir=arrays_dir,
+            claims=claims,
+            sanity=sanity,
         ),
+        "sanity_failures": [s.key for s in sanity if s.passed is False],
     }

@@ -1,8 +1,10 @@
-"""Compact tables of each study, computed from the tidy results table.
+"""Compact tables of each study, computed from the results.
 
-Each function returns ``Table`` objects whose frames are ready to show: accuracies and
-AUROCs stored as fractions are multiplied by 100 (the title says so), model counts are
-column labels. The HTML report renders them; they are also handy in a notebook.
+Each function takes :class:`Results` and returns ``Table`` objects whose frames are ready
+to show: accuracies stored as fractions are multiplied by 100 (the title says so). Every
+table is built from :meth:`Results.wide` or from one study's rows grouped by *all* its key
+columns, so no cell mixes experiments; key columns that take one value only are left out
+of the labels. Each function registers itself with its study (``@WVF.table``).
 """
 
 from __future__ import annotations
@@ -11,31 +13,26 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from mergelab.report._common import (
-    CROSS_TASK_ORDER,
-    DEFAULT_OPTION,
-    TEMPLATE_ORDER,
-    cross_task_frames,
+from mergelab.report.frames import (
+    Results,
     is_fraction,
-    magnitude_rows,
-    method_table,
     methods_in,
-    normalize_rows,
     order_methods,
     primary_rows,
-    study_rows,
+    varying,
+)
+from mergelab.studies.registry import (
+    CROSS_TASK,
+    INGREDIENTS,
+    MAGNITUDE,
+    MAGNITUDE_BATCHES,
+    STUDIES,
+    TEMPLATES,
+    WEIGHT_STATS,
+    WVF,
 )
 
-__all__ = [
-    "Table",
-    "cross_task_tables",
-    "magnitude_batches_tables",
-    "magnitude_tables",
-    "study_tables",
-    "templates_tables",
-    "weight_stats_tables",
-    "wvf_tables",
-]
+__all__ = ["Table", "study_tables"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -56,54 +53,163 @@ def _percent(frame: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     return frame, ""
 
 
-def _metric_name(metrics: pd.Series | list[str]) -> str:
+def _metric_name(metrics: object) -> str:
     names = {"accuracy": "accuracy", "auroc": "AUROC"}
-    return " / ".join(dict.fromkeys(names.get(m, m) for m in metrics)) or "metric"
+    return (
+        " / ".join(dict.fromkeys(names.get(m, m) for m in pd.unique(pd.Series(metrics))))
+        or "metric"
+    )
 
 
-def _n_label(n: float) -> str:
-    return f"N={int(n)}" if pd.notna(n) and float(n).is_integer() else f"N={n}"
+def _label(row: pd.Series, columns: list[str]) -> str:
+    parts = []
+    for c in columns:
+        v = row[c]
+        if c == "n_models":
+            parts.append("N=?" if pd.isna(v) else f"N={int(v)}")
+        elif c == "seed":
+            parts.append("seed ?" if pd.isna(v) else f"seed {int(v)}")
+        elif c == "magnitude":
+            parts.append(f"x{float(v):g}")
+        else:
+            parts.append(str(v))
+    return " / ".join(parts)
 
 
-def _at_largest_n(t: pd.DataFrame) -> pd.DataFrame:
-    largest = t.groupby(["dataset", "arch"])["n_models"].transform("max")
+def _constant(df: pd.DataFrame, columns: list[str]) -> str:
+    """ "init=shared, seed 0": the key columns with a single value, for a title."""
+    out = []
+    for c in columns:
+        if (
+            c in df.columns
+            and df[c].nunique(dropna=False) == 1
+            and str(df[c].iloc[0]) not in ("", "nan")
+        ):
+            v = df[c].iloc[0]
+            out.append(
+                _label(df.iloc[0], [c]) if c in ("seed", "n_models", "magnitude") else f"{c}={v}"
+            )
+    return ", ".join(out)
+
+
+def _at_largest_n(t: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    others = [k for k in keys if k != "n_models"]
+    largest = t.groupby(others, dropna=False)["n_models"].transform("max")
     return t[t["n_models"] == largest]
 
 
-def wvf_tables(rows: pd.DataFrame) -> list[Table]:
-    """Per dataset/arch: method x N; across datasets: method x dataset; NLL/ECE; cost."""
-    wvf = study_rows(rows, "weights_vs_features")
-    t = method_table(wvf, "test")
+# -- ingredients -------------------------------------------------------------------------
+
+
+@INGREDIENTS.table
+def ingredients_tables(results: Results) -> list[Table]:
+    """One row per ingredient set: individual accuracy, training length, plateau, diversity."""
+    df = results.of(INGREDIENTS)
+    if df.empty:
+        return []
+    keys = list(INGREDIENTS.keys)
+    ind = df[df["method"] == "Individual"]
+    test = ind[(ind["split"] == "test") & (ind["metric"] == "accuracy")]
+    g = test.groupby(keys, dropna=False)["value"]
+    frame = pd.DataFrame(
+        {"models": g.size(), "test acc mean": g.mean(), "min": g.min(), "max": g.max()}
+    )
+    frame[["test acc mean", "min", "max"]] *= 100.0
+    val = ind[(ind["split"] == "val") & (ind["metric"] == "accuracy")].groupby(keys, dropna=False)[
+        "value"
+    ]
+    frame["val acc mean"] = val.mean() * 100.0
+    train = (
+        ind[ind["split"] == "train"]
+        .groupby([*keys, "metric"], dropna=False)["value"]
+        .mean()
+        .unstack("metric")
+    )
+    for metric, label, k in (
+        ("epochs", "epochs", 1.0),
+        ("best_epoch", "best epoch", 1.0),
+        ("val_gain_last_quarter", "val gain, last quarter (points)", 100.0),
+        ("train_seconds", "seconds per model", 1.0),
+    ):
+        if metric in train.columns:
+            frame[label] = train[metric] * k
+    start = df[(df["method"] == "start") & (df["metric"] == "accuracy")]
+    if not start.empty:
+        frame["start test acc"] = start.groupby(keys, dropna=False)["value"].mean() * 100.0
+    pair = (
+        df[df["method"] == "pairwise"]
+        .groupby([*keys, "metric"], dropna=False)["value"]
+        .mean()
+        .unstack("metric")
+    )
+    if "disagreement" in pair.columns:
+        frame["disagreement (%)"] = pair["disagreement"] * 100.0
+    if "relative_l2_distance" in pair.columns:
+        frame["L2 distance (% of norm)"] = pair["relative_l2_distance"] * 100.0
+    elif "l2_distance" in pair.columns:
+        frame["L2 distance"] = pair["l2_distance"]
+    frame = frame.reset_index()
+    shown = varying(frame, keys) or keys[:2]
+    title_keys = _constant(frame, keys)
+    frame = frame.set_index(shown).drop(columns=[k for k in keys if k not in shown])
+    note = (
+        "Test accuracy of each setting's N models, and of the shared start they were "
+        "fine-tuned from (its head learned the source's classes); 'val gain, last quarter' "
+        "is how much the best validation accuracy rose in the last quarter of training "
+        "(about 0: plateaued); disagreement and L2 distance (relative to the models' mean "
+        "parameter norm) are means over pairs of models."
+    )
+    title = "Ingredients" + (f" ({title_keys})" if title_keys else "")
+    return [Table(title, frame, note)]
+
+
+# -- weights vs features -----------------------------------------------------------------
+
+
+@WVF.table
+def wvf_tables(results: Results) -> list[Table]:
+    """Across settings at the largest N; per setting: method x N; calibration; cost."""
+    t = results.wide(WVF)
     if t.empty:
         return []
+    keys = list(WVF.keys)
     out = []
-    largest = _at_largest_n(t)
-    methods = [m for m in methods_in(largest) if m != "Individual"]
-    wide = largest.set_index(["dataset", "arch", "n_models"])[methods].T
-    wide.columns = [f"{d} / {a} ({_n_label(n)})" for d, a, n in wide.columns]
+    largest = _at_largest_n(t, keys)
+    methods = methods_in(largest, WVF)
+    labels = varying(largest, keys) or ["dataset", "arch"]
+    wide = largest.set_index(largest.apply(_label, axis=1, args=(labels,)))[methods].T
     wide, unit = _percent(wide.dropna(how="all"))
+    diversity = _diversity(results, largest, labels)
+    if diversity is not None:
+        wide.loc["(ingredients' disagreement)"] = diversity.reindex(wide.columns).to_numpy()
+    extra = _constant(largest, [k for k in keys if k not in labels])
     out.append(
         Table(
-            f"Test {_metric_name(largest['metric'])}{unit} across datasets, largest N",
+            f"Test {_metric_name(largest['metric'])}{unit} at each setting's largest N"
+            + (f" ({extra})" if extra else ""),
             wide,
-            "Rows: methods; columns: dataset / architecture at its largest model count.",
+            "Rows: methods; columns: one experiment each. The last row is the ingredients' mean "
+            "pairwise test disagreement: near 0, soups and ensembles cannot differ.",
         )
     )
-    for (dataset, arch, metric), g in t.groupby(["dataset", "arch", "metric"], sort=True):
-        ms = [m for m in methods_in(g) if m != "Individual" and g[m].notna().any()]
+    per = [k for k in keys if k != "n_models"]
+    for _, g in t.groupby(per, sort=True, dropna=False):
+        ms = [m for m in methods_in(g, WVF) if g[m].notna().any()]
         piv = g.set_index("n_models")[ms].T
-        piv.columns = [_n_label(n) for n in piv.columns]
+        piv.columns = [f"N={int(n)}" for n in piv.columns]
         piv, unit = _percent(piv)
-        out.append(Table(f"{dataset} / {arch}: test {_metric_name([metric])}{unit} by N", piv))
+        name = _label(g.iloc[0], [k for k in per if k in varying(t, per)] or ["dataset", "arch"])
+        out.append(Table(f"{name}: test {_metric_name(g['metric'])}{unit} by N", piv))
     calib = []
     for metric in ("nll", "ece"):
-        c = method_table(wvf, "test", metric=metric)
+        c = results.wide(WVF, metric=metric)
         if c.empty:
             continue
-        c = _at_largest_n(c)
-        ms = [m for m in methods_in(c) if m != "Individual"]
-        c = c.set_index(["dataset", "arch"])[ms].T
-        c.columns = pd.MultiIndex.from_tuples([(f"{d} / {a}", metric) for d, a in c.columns])
+        c = _at_largest_n(c, keys)
+        ms = methods_in(c, WVF)
+        lab = varying(c, keys) or ["dataset", "arch"]
+        c = c.set_index(c.apply(_label, axis=1, args=(lab,)))[ms].T
+        c.columns = pd.MultiIndex.from_tuples([(col, metric) for col in c.columns])
         calib.append(c)
     if calib:
         frame = pd.concat(calib, axis=1).sort_index(axis=1)
@@ -115,204 +221,240 @@ def wvf_tables(rows: pd.DataFrame) -> list[Table]:
                 fmt="{:.4f}",
             )
         )
-    cost = _cost_table(wvf)
+    cost = _cost_table(results)
     if cost is not None:
         out.append(cost)
     return out
 
 
-def _cost_table(wvf: pd.DataFrame) -> Table | None:
-    """Parameters and FLOPs at inference per method (largest N), when the study records them."""
-    cols = [c for c in ("params", "flops") if c in wvf.columns]
+def _diversity(results: Results, largest: pd.DataFrame, labels: list[str]) -> pd.Series | None:
+    """The ingredients' mean pairwise test disagreement (%) of each column's setting."""
+    ing = results.of(INGREDIENTS)
+    ing = ing[ing["metric"] == "disagreement"]
+    if ing.empty:
+        return None
+    keys = list(INGREDIENTS.keys)
+    merged = largest[list(WVF.keys)].merge(ing[[*keys, "value"]], on=keys, how="left")
+    if merged["value"].isna().all():
+        return None
+    index = merged.apply(_label, axis=1, args=(labels,))
+    return pd.Series(merged["value"].to_numpy() * 100.0, index=index)
+
+
+def _cost_table(results: Results) -> Table | None:
+    """Parameters and FLOPs at inference per method and arch (largest N)."""
+    df = results.select(WVF)
+    cols = [c for c in ("params", "flops") if c in df.columns]
     if not cols:
         return None
-    df = wvf[wvf["method"] != "Individual"].copy()
+    df = df[~df["method"].isin(WVF.item_methods)].copy()
     for c in cols:
         df[c] = pd.to_numeric(df[c], errors="coerce")
     df = df.dropna(subset=cols, how="all").dropna(subset=["n_models"])
     if df.empty:
         return None
     df = df[df["n_models"] == df.groupby("arch")["n_models"].transform("max")]
-    frame = df.groupby(["arch", "n_models", "method"])[cols].median().reset_index()
-    frame["n_models"] = frame["n_models"].map(_n_label)
+    frame = df.groupby(["arch", "n_models", "method"])[cols].first().reset_index()
+    frame["n_models"] = frame["n_models"].map(lambda n: f"N={int(n)}")
     frame = frame.set_index(["arch", "n_models", "method"]).unstack(["arch", "n_models"])
     frame = frame.reindex(order_methods(frame.index))
-    return Table("Inference cost at the largest N", frame, "Median over datasets.", fmt="{:,.4g}")
+    return Table(
+        "Inference cost at the largest N",
+        frame,
+        "One model's cost times the models run.",
+        fmt="{:,.4g}",
+    )
 
 
-def cross_task_tables(rows: pd.DataFrame) -> list[Table]:
-    """One row per (arch, task A, task B): Model A, Model B and their soup on task A."""
-    ct, wide = cross_task_frames(rows)
-    if ct.empty:
+# -- cross task --------------------------------------------------------------------------
+
+
+@CROSS_TASK.table
+def cross_task_tables(results: Results) -> list[Table]:
+    t = results.wide(CROSS_TASK)
+    if t.empty:
         return []
-    wide = wide[order_methods(wide.columns, first=CROSS_TASK_ORDER)]
-    wide.index = wide.index.set_names(["arch", "task A (evaluated)", "task B"])
-    wide, unit = _percent(wide)
+    keys = list(CROSS_TASK.keys)
+    ms = methods_in(t, CROSS_TASK)
+    frame = t.set_index(varying(t, keys) or ["dataset", "other_dataset"])[ms]
+    frame.index = frame.index.set_names(
+        [
+            "task A (evaluated)" if n == "dataset" else "task B" if n == "other_dataset" else n
+            for n in frame.index.names
+        ]
+    )
+    frame, unit = _percent(frame)
     return [
         Table(
-            f"Merging across tasks: test {_metric_name(ct['metric'].unique().tolist())} "
-            f"on task A{unit}",
-            wide,
+            f"Merging across tasks: test {_metric_name(t['metric'])} on task A{unit}, A's head",
+            frame,
         )
     ]
 
 
-def magnitude_tables(rows: pd.DataFrame) -> list[Table]:
-    """Per dataset/arch (default options, largest N): method x scaling factor."""
-    mag = primary_rows(magnitude_rows(study_rows(rows, "magnitude"))).dropna(
-        subset=["value", "magnitude"]
+# -- magnitude ---------------------------------------------------------------------------
+
+
+def primary_magnitude(results: Results, metric: str | None = None) -> pd.DataFrame:
+    """Magnitude rows of the paper's protocol (every model and tensor scaled; BatchNorm
+    with batch statistics) in wide form, every key column kept."""
+    return results.wide(
+        MAGNITUDE, metric=metric, where={"scaled": "all", "tensors": "all", "bn": ("none", "batch")}
     )
-    if (mag["split"] == "test").any():
-        mag = mag[mag["split"] == "test"]
-    if mag.empty:
-        return []
-    out = []
-    for (dataset, arch), g in mag.groupby(["dataset", "arch"], sort=True):
-        d = g[(g["scaled"] == DEFAULT_OPTION) & (g["tensors"] == DEFAULT_OPTION)]
-        options = "scaled=all, tensors=all"
-        if d.empty:
-            scaled, tensors = sorted(set(zip(g["scaled"], g["tensors"], strict=True)))[0]
-            d = g[(g["scaled"] == scaled) & (g["tensors"] == tensors)]
-            options = f"scaled={scaled}, tensors={tensors}"
-        n = d["n_models"].max()
-        if pd.notna(n):
-            d = d[d["n_models"] == n]
-        piv = d.groupby(["method", "magnitude"])["value"].mean().unstack("magnitude")
-        piv = piv.reindex(order_methods(piv.index))
-        piv.columns = [f"x{float(c):g}" for c in piv.columns]
-        piv, unit = _percent(piv)
-        out.append(
-            Table(
-                f"{dataset} / {arch}: test {_metric_name(d['metric'].unique().tolist())}{unit} "
-                f"by scaling factor ({options}, {_n_label(n)})",
-                piv,
-            )
-        )
-    return out
 
 
-def magnitude_batches_tables(rows: pd.DataFrame) -> list[Table]:
-    """Per factor: mean batch accuracy of soup and ensemble, and how often the soup wins."""
-    b = primary_rows(study_rows(rows, "magnitude_batches")).dropna(subset=["value", "magnitude"])
-    if b.empty or "batch" not in b.columns:
-        return []
+@MAGNITUDE.table
+def magnitude_tables(results: Results) -> list[Table]:
+    """Per target: method x factor at the largest N (paper's protocol), and the share of
+    overflowed test examples."""
     out = []
-    for (dataset, arch), g in b.groupby(["dataset", "arch"], sort=True):
-        wide = (
-            g.groupby(["n_models", "magnitude", "batch", "method"], dropna=False)["value"]
-            .mean()
-            .unstack("method")
-        )
-        if not {"Ens Logits", "Uniform Soup"} <= set(wide.columns):
+    for metric in (None, "nonfinite"):
+        t = primary_magnitude(results, metric)
+        if t.empty:
             continue
-        wide = wide.dropna(subset=["Ens Logits", "Uniform Soup"])
-        k = 100.0 if is_fraction(wide.to_numpy(float).ravel()) else 1.0
-        wide = wide.assign(soup_wins=wide["Uniform Soup"] >= wide["Ens Logits"])
-        summary = wide.groupby(level=["n_models", "magnitude"], dropna=False).agg(
-            batches=("Uniform Soup", "size"),
-            uniform_soup=("Uniform Soup", "mean"),
-            ens_logits=("Ens Logits", "mean"),
-            soup_at_least_ensemble=("soup_wins", "mean"),
-        )
-        summary[["uniform_soup", "ens_logits"]] *= k
-        summary["soup_at_least_ensemble"] *= 100.0
-        summary = summary.rename(
-            columns={
-                "uniform_soup": "Uniform Soup mean",
-                "ens_logits": "Ens Logits mean",
-                "soup_at_least_ensemble": "% batches soup >= ensemble",
-            }
-        )
-        unit = " (%)" if k == 100.0 else ""
-        out.append(Table(f"{dataset} / {arch}: per-batch accuracy{unit}", summary))
+        keys = list(MAGNITUDE.keys)
+        t = _at_largest_n(t, [k for k in keys if k != "magnitude"] + ["magnitude"])
+        per = [k for k in keys if k not in ("magnitude",)]
+        for _, g in t.groupby(per, sort=True, dropna=False):
+            ms = [m for m in methods_in(g, MAGNITUDE) if g[m].notna().any()]
+            piv = g.set_index("magnitude")[ms].T
+            piv.columns = [f"x{float(c):g}" for c in piv.columns]
+            if metric == "nonfinite":
+                if not (piv.to_numpy(float) > 0).any():
+                    continue
+                piv, unit = piv * 100.0, " (% of test examples with non-finite logits)"
+            else:
+                piv, unit = _percent(piv)
+            head = _label(g.iloc[0], ["dataset", "arch", "n_models"])
+            rest = _constant(g, ["init", "seed", "bn"])
+            what = "overflow" if metric == "nonfinite" else f"test {_metric_name(g['metric'])}"
+            out.append(Table(f"{head}: {what}{unit} by factor (every model scaled; {rest})", piv))
     return out
 
 
-def weight_stats_tables(rows: pd.DataFrame) -> list[Table]:
-    """Per layer: the models' largest max |w| and variance, the average's, the prediction."""
-    ws = study_rows(rows, "weight_stats")
-    if ws.empty or "layer" not in ws.columns:
+@MAGNITUDE_BATCHES.table
+def magnitude_batches_tables(results: Results) -> list[Table]:
+    """Per experiment and factor: mean batch accuracy of soup and ensemble, and how often
+    the soup is better and how often they tie."""
+    b = primary_rows(results.of(MAGNITUDE_BATCHES)).dropna(subset=["value"])
+    if b.empty:
         return []
-    ws = ws.dropna(subset=["value"]).assign(layer=lambda d: d["layer"].astype(str))
+    keys = [k for k in MAGNITUDE_BATCHES.keys if k != "magnitude"]
+    wide = b.pivot_table(
+        index=[*keys, "magnitude", "batch"], columns="method", values="value", aggfunc="first"
+    )
+    if not {"Ens Logits", "Uniform Soup"} <= set(wide.columns):
+        return []
+    wide = wide.dropna(subset=["Ens Logits", "Uniform Soup"])
+    wide = wide.assign(
+        wins=(wide["Uniform Soup"] > wide["Ens Logits"]).astype(float),
+        ties=(wide["Uniform Soup"] == wide["Ens Logits"]).astype(float),
+    )
+    summary = wide.groupby(level=[*keys, "magnitude"], dropna=False).agg(
+        batches=("Uniform Soup", "size"),
+        soup=("Uniform Soup", "mean"),
+        ens=("Ens Logits", "mean"),
+        wins=("wins", "mean"),
+        ties=("ties", "mean"),
+    )
+    summary[["soup", "ens", "wins", "ties"]] *= 100.0
+    summary = summary.rename(
+        columns={
+            "soup": "Uniform Soup mean (%)",
+            "ens": "Ens Logits mean (%)",
+            "wins": "% batches soup > ensemble",
+            "ties": "% batches tied",
+        }
+    )
+    flat = summary.reset_index()
+    shown = varying(flat, [*keys, "magnitude"]) or ["magnitude"]
+    frame = flat.set_index(shown)[list(summary.columns)]
+    return [Table("Per-batch accuracy of class-mixed test batches", frame)]
+
+
+# -- weight statistics -------------------------------------------------------------------
+
+
+@WEIGHT_STATS.table
+def weight_stats_tables(results: Results) -> list[Table]:
+    """Per setting: per tensor, the models' mean and largest max |w| and variance, the
+    average's, its ratio to the models' mean, and the independent-weights prediction."""
+    ws = results.of(WEIGHT_STATS).dropna(subset=["value"])
+    if ws.empty:
+        return []
+    keys = list(WEIGHT_STATS.keys)
     out = []
-    for (dataset, arch, n), g in ws.groupby(
-        ["dataset", "arch", "n_models"], dropna=False, sort=True
-    ):
+    for _, g in ws.groupby(keys, dropna=False, sort=True):
         layers = list(pd.unique(g["layer"]))
-        models = (
-            g[g["method"] == "model"].groupby(["layer", "metric"])["value"].max().unstack("metric")
-        )
+        models = g[g["method"] == "model"].groupby(["layer", "metric"])["value"]
         avg = (
             g[g["method"] == "average"]
             .groupby(["layer", "metric"])["value"]
-            .mean()
+            .first()
             .unstack("metric")
         )
-        frame = pd.DataFrame(index=pd.Index(layers, name="layer"))
-        for src, metric, label in (
-            (models, "max_abs", "max |w| (models, max)"),
-            (avg, "max_abs", "max |w| (average)"),
-            (models, "variance", "var (models, max)"),
-            (avg, "variance", "var (average)"),
-            (avg, "predicted_variance", "var (predicted)"),
-        ):
-            if metric in src.columns:
-                frame[label] = src[metric].reindex(layers).to_numpy()
-        if {"var (average)", "var (predicted)"} <= set(frame.columns):
-            frame["ratio average/predicted"] = frame["var (average)"] / frame[
-                "var (predicted)"
-            ].where(frame["var (predicted)"] > 0)
-        for metric, label in (
-            ("max_abs_bound_holds", "max |w| bound"),
-            ("variance_bound_holds", "var bound"),
-        ):
-            if metric in avg.columns:
-                frame[label] = (
-                    avg[metric]
-                    .reindex(layers)
-                    .map(lambda v: "" if pd.isna(v) else ("holds" if v > 0.5 else "FAILS"))
-                    .to_numpy()
+        mean, largest = models.mean().unstack("metric"), models.max().unstack("metric")
+        frame = pd.DataFrame(index=pd.Index(layers, name="tensor"))
+        for stat, label in (("max_abs", "max |w|"), ("variance", "var")):
+            if stat in avg.columns and stat in mean.columns:
+                frame[f"{label} models (mean)"] = mean[stat].reindex(layers).to_numpy()
+                frame[f"{label} models (max)"] = largest[stat].reindex(layers).to_numpy()
+                frame[f"{label} average"] = avg[stat].reindex(layers).to_numpy()
+                frame[f"{label} ratio"] = (
+                    frame[f"{label} average"] / frame[f"{label} models (mean)"]
                 )
-        if frame.columns.empty:
-            continue
-        note = ""
+        if "predicted_variance" in avg.columns:
+            frame["var predicted (independent)"] = (
+                avg["predicted_variance"].reindex(layers).to_numpy()
+            )
+        note = "ratio: the average's statistic over the models' mean (1: no shrinkage)."
         if len(frame) > 40:
-            note = f"First 40 of {len(frame)} tensors; all of them are in results.csv."
+            note += f" First 40 of {len(frame)} tensors; all are in results.csv."
             frame = frame.head(40)
-        title = f"{dataset} / {arch}" + (f", {_n_label(n)} averaged" if pd.notna(n) else "")
+        title = _label(g.iloc[0], ["dataset", "arch", "init", "seed", "n_models"])
         out.append(Table(f"Weight statistics: {title}", frame, note, fmt="{:.4g}"))
     return out
 
 
-def templates_tables(rows: pd.DataFrame) -> list[Table]:
-    """Median and minimum correlation of each kind of template with the class means."""
-    tp = study_rows(rows, "templates")
-    tp = tp[tp["metric"] == "template_correlation"].dropna(subset=["value"])
+# -- templates ---------------------------------------------------------------------------
+
+
+@TEMPLATES.table
+def templates_tables(results: Results) -> list[Table]:
+    """Median correlation with the class means and the share of classes identified, for
+    the templates and the grand-mean control."""
+    tp = results.of(TEMPLATES).dropna(subset=["value"])
     if tp.empty:
         return []
-    stats = tp.groupby(["method", "dataset", "arch"])["value"].agg(["median", "min"])
-    frame = stats.unstack(["dataset", "arch"]).reorder_levels([1, 2, 0], axis=1)
-    settings = sorted(set(zip(tp["dataset"], tp["arch"], strict=True)))
-    cols = [(d, a, s) for d, a in settings for s in ("median", "min")]
-    frame = frame.reindex(columns=pd.MultiIndex.from_tuples(cols, names=["dataset", "arch", ""]))
-    frame = frame.reindex(order_methods(frame.index, first=TEMPLATE_ORDER))
-    counts = tp.groupby(["dataset", "arch", "method"])["value"].size().groupby(level=[0, 1]).max()
-    note = "Classes per setting: " + ", ".join(
-        f"{d} / {a}: {n}" if a else f"{d}: {n}" for (d, a), n in counts.items()
+    keys = list(TEMPLATES.keys)
+    corr = (
+        tp[tp["metric"] == "template_correlation"]
+        .groupby([*keys, "method"], dropna=False)["value"]
+        .median()
     )
-    return [
-        Table("Template correlation with the class means (over classes)", frame, note, "{:.3f}")
-    ]
+    ident = (
+        tp[tp["metric"] == "identified"].groupby([*keys, "method"], dropna=False)["value"].mean()
+        * 100.0
+    )
+    frame = pd.concat(
+        {"median correlation": corr, "classes identified (%)": ident}, axis=1
+    ).reset_index()
+    shown = varying(frame, keys) or ["dataset"]
+    frame = frame.set_index([*shown, "method"])[["median correlation", "classes identified (%)"]]
+    order = order_methods(
+        frame.index.get_level_values("method"), first=("classifier", "grand_mean")
+    )
+    frame = frame.reindex(sorted(frame.index, key=lambda ix: (ix[:-1], order.index(ix[-1]))))
+    note = (
+        "grand_mean is the control: the mean of all training images, compared with each class "
+        "mean; it identifies one class by chance. merged_halves is compared with the mixed means."
+    )
+    return [Table("Templates against the class means", frame, note, "{:.3f}")]
 
 
-def study_tables(rows: pd.DataFrame) -> dict[str, list[Table]]:
+def study_tables(results: Results | pd.DataFrame) -> dict[str, list[Table]]:
     """Every study's tables, keyed by study name (an empty list when it did not run)."""
-    rows = normalize_rows(rows)
+    results = Results.of_rows(results)
     return {
-        "weights_vs_features": wvf_tables(rows),
-        "cross_task": cross_task_tables(rows),
-        "magnitude": magnitude_tables(rows),
-        "magnitude_batches": magnitude_batches_tables(rows),
-        "weight_stats": weight_stats_tables(rows),
-        "templates": templates_tables(rows),
+        name: [t for fn in study.tables for t in fn(results)] for name, study in STUDIES.items()
     }

@@ -3,27 +3,112 @@
 from __future__ import annotations
 
 import copy
+import math
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from mergelab.errors import MergeError
 from mergelab.yamlfile import read_mapping, validate
 
 PAPER_FACTORS = (1, 2, 5, 10, 20, 50, 70, 90, 100, 110, 130, 150)
+BN_MODES = ("running", "running_c2", "batch")
+MODEL_COUNTS = (2, 3, 5, 7, 10)
+BATCH_FACTORS = (1, 50, 150)
+
+# A problem found by a spec's own checks: (location below the spec, one-line message).
+Problem = tuple[tuple[str | int, ...], str]
+
+
+def _values(values: Iterable[Any]) -> str:
+    return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+
+
+def _repeats(name: str, values: Iterable[Any]) -> list[Problem]:
+    """A problem naming the values of ``name`` given more than once (none: [])."""
+    seen: list[Any] = []
+    twice: list[Any] = []
+    for v in values:
+        if v in seen and v not in twice:
+            twice.append(v)
+        seen.append(v)
+    return [((name,), f"{_values(twice)} given twice")] if twice else []
+
+
+def _fmt(value: Any) -> str:
+    return f"[{', '.join(map(str, value))}]" if isinstance(value, list | tuple) else str(value)
 
 
 class _Strict(BaseModel):
+    """A frozen config section that rejects unknown keys and checks its own values.
+
+    ``_problems`` lists what is wrong with an otherwise well-typed section, each with the
+    field it concerns, so ``yamlfile.validate`` prints one line per field
+    (``magnitude.factors: -5 is not a positive number``) instead of one for the section.
+    """
+
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def _problems(self) -> list[Problem]:
+        return []
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _check_values(cls, data: Any, handler: Any) -> Any:
+        self = handler(data)
+        problems = self._problems()
+        if problems:
+            raise ValidationError.from_exception_data(
+                cls.__name__,
+                [
+                    InitErrorDetails(
+                        type=PydanticCustomError("study_config", "{message}", {"message": msg}),
+                        loc=loc,
+                        input=_input(self, loc),
+                    )
+                    for loc, msg in problems
+                ],
+            )
+        return self
+
+
+def _input(model: BaseModel, loc: tuple[str | int, ...]) -> Any:
+    """The value at ``loc`` in ``model`` (for the error's ``input``), or None."""
+    value: Any = model
+    for part in loc:
+        if isinstance(value, BaseModel):
+            value = getattr(value, str(part), None)
+        elif isinstance(value, dict):
+            value = value.get(part)
+        elif isinstance(value, list | tuple) and isinstance(part, int) and part < len(value):
+            value = value[part]
+        else:
+            return None
+    return value
 
 
 class IndependentSpec(_Strict):
-    """Independently initialised ingredients, the contrast to a shared start."""
+    """Independently initialised ingredients, the contrast to fine-tunes of one start."""
 
     archs: list[str] = []
     datasets: list[str] | None = None  # None: every dataset of the study
+    train: dict[str, Any] = {}
+    """Training of each independent model (TrainSettings fields, over ``training.train``):
+    from scratch, so usually longer."""
+
+    def _problems(self) -> list[Problem]:
+        out = _repeats("archs", self.archs)
+        if self.datasets is not None:
+            if not self.datasets:
+                out.append(
+                    (("datasets",), "give null (every dataset of the study) or at least one")
+                )
+            out += _repeats("datasets", self.datasets)
+        return out
 
 
 class TemplatesSpec(_Strict):
@@ -35,40 +120,97 @@ class TemplatesSpec(_Strict):
 
 
 class CrossTaskSpec(_Strict):
-    """A model of one dataset averaged with a model of another, both from the same init."""
+    """Model A of task A and model B of task B, fine-tuned from one start (A's)."""
 
     pairs: list[tuple[str, str]] = []
     arch: str = "mlp"
-    channels: int = 1
-    img_size: int = 28
+    channels: int = Field(1, ge=1)
+    img_size: int = Field(28, ge=1)
+
+    def _problems(self) -> list[Problem]:
+        out: list[Problem] = [
+            (("pairs", i), f"{a} is paired with itself; a pair is two different datasets")
+            for i, (a, b) in enumerate(self.pairs)
+            if a == b
+        ]
+        return out + _repeats("pairs", [_fmt(p) for p in self.pairs])
 
 
 class MagnitudeSpec(_Strict):
     enabled: bool = True
     factors: list[float] = list(PAPER_FACTORS)
-    scaled: list[Literal["all", "first", "all_but_first"]] = ["all"]
+    scaled: list[Literal["all", "first", "all_but_first"]] = ["all", "first", "all_but_first"]
     tensors: list[Literal["all", "weights", "no_norm_stats"]] = ["all"]
-    n_models: list[int] = [2, 10]
+    bn: list[Literal["running", "running_c2", "batch"]] = list(BN_MODES)
+    """How BatchNorm is evaluated on scaled models (models without BatchNorm: once)."""
+    n_models: list[int] = [2, 3, 5, 7, 10]
     targets: list[tuple[str, str]] = []
     """(dataset, arch) pairs to sweep; empty: every pair of the study."""
-    batch_factors: list[float] = [1, 50, 150]
-    batch_size: int = 100
-    """Samples per batch in the per-batch scatter of merge against ensemble accuracy."""
+    greedy: bool = True
+    """Greedy soup and greedy ensembles at every factor (each needs val passes)."""
+    batch_factors: list[float] = list(BATCH_FACTORS)
+    """Factors whose per-batch scatter is kept: some of ``factors`` (default: those of
+    1, 50 and 150 that are in ``factors``)."""
+    batch_size: int = Field(100, ge=2)
+    """Samples per class-mixed batch: the per-batch scatter and 'batch' BatchNorm mode."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_batch_factors(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "batch_factors" not in data:
+            factors = data.get("factors", PAPER_FACTORS)
+            if isinstance(factors, list | tuple):
+                data = {**data, "batch_factors": [f for f in BATCH_FACTORS if f in factors]}
+        return data
+
+    def _problems(self) -> list[Problem]:
+        out: list[Problem] = []
+        if not self.factors:
+            out.append((("factors",), "empty; give at least one factor"))
+        bad = [f for f in self.factors if not (math.isfinite(f) and f > 0)]
+        if bad:
+            out.append((("factors",), f"{_values(bad)}: factors are positive numbers"))
+        out += _repeats("factors", self.factors)
+        for name in ("scaled", "tensors", "bn"):
+            if not getattr(self, name):
+                out.append(((name,), "empty; give at least one"))
+            out += _repeats(name, getattr(self, name))
+        out += _repeats("n_models", self.n_models)  # their range: StudyConfig (n_models)
+        stray = [f for f in self.batch_factors if f not in self.factors]
+        if stray:
+            out.append(
+                (
+                    ("batch_factors",),
+                    f"{_values(stray)} not among factors ({_values(self.factors)}); "
+                    "per-batch results exist only for swept factors",
+                )
+            )
+        out += _repeats("batch_factors", self.batch_factors)
+        return out + _repeats("targets", [_fmt(t) for t in self.targets])
 
 
 class StudyConfig(_Strict):
-    """What ``mergelab study`` runs. ``training`` holds the ingredient recipe fields
-    (``pretrain``, ``train``, ``lrs``, ``augment``) for every run; ``dataset_training``
-    and then ``arch_training`` override them per dataset and per arch (merged key by key,
-    sections like ``pretrain`` field by field)."""
+    """What ``mergelab study`` runs.
+
+    ``training`` holds the ingredient recipe fields (``source``, ``pretrain``, ``train``,
+    ``head``, ``init``, ``lrs``, ``augment``: see ``mergelab.train.IngredientRecipe``) for
+    every run; ``dataset_training`` and then ``arch_training`` override them per dataset
+    and per arch (merged key by key, sections like ``pretrain`` field by field).
+    ``seeds``: every ingredient set is trained once per seed (replicates; claims resample
+    them); ``split_seed`` fixes the train/val/test split of every dataset.
+    """
 
     name: str = "study"
-    seed: int = 0
+    split_seed: int = Field(0, ge=0)
+    seeds: list[int] = [0]
     datasets: list[str]
     archs: list[str]
-    n_models: int = Field(10, ge=1)
-    model_counts: list[int] = [2, 3, 5, 7, 10]
-    batch_size: int = 256
+    n_models: int = 10
+    """Ingredients per setting (the most any soup averages)."""
+    model_counts: list[int] = list(MODEL_COUNTS)
+    """Model counts N of the weights-vs-features comparison (the first N ingredients),
+    each in [2, n_models]; default: those of 2, 3, 5, 7, 10 up to ``n_models``."""
+    batch_size: int = Field(256, ge=1)
     device: str | None = None
     training: dict[str, Any] = {}
     dataset_training: dict[str, dict[str, Any]] = {}
@@ -78,9 +220,108 @@ class StudyConfig(_Strict):
     cross_task: CrossTaskSpec = CrossTaskSpec()
     magnitude: MagnitudeSpec = MagnitudeSpec()
     weight_stats: bool = True
+    gpu_tflops: float = Field(60.0, gt=0)
+    """Sustained training throughput assumed by ``--dry-run``'s GPU-hour estimate (dense
+    FP16/BF16 TFLOP/s actually achieved, well below a data sheet's peak)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_counts(cls, data: Any) -> Any:
+        """Default model counts (here and in ``magnitude``) up to ``n_models``."""
+        if not isinstance(data, dict):
+            return data
+        n = data.get("n_models", 10)
+        if not isinstance(n, int) or isinstance(n, bool):
+            return data
+        counts = [k for k in MODEL_COUNTS if k <= n]
+        data = dict(data)
+        data.setdefault("model_counts", counts)
+        magnitude = data.get("magnitude", {})
+        if isinstance(magnitude, dict) and "n_models" not in magnitude:
+            data["magnitude"] = {**magnitude, "n_models": counts}
+        elif isinstance(magnitude, MagnitudeSpec) and "n_models" not in magnitude.model_fields_set:
+            data["magnitude"] = magnitude.model_copy(update={"n_models": counts})
+        return data
+
+    def _problems(self) -> list[Problem]:
+        out: list[Problem] = []
+        for name in ("datasets", "archs", "seeds"):
+            if not getattr(self, name):
+                out.append(((name,), f"empty; give at least one {name[:-1]}"))
+            out += _repeats(name, getattr(self, name))
+        if self.n_models < 2:
+            out.append((("n_models",), f"{self.n_models}: a soup averages at least 2 models"))
+        negative = [s for s in self.seeds if s < 0]
+        if negative:
+            out.append((("seeds",), f"{_values(negative)}: seeds are numbers >= 0"))
+        out += self._counts_problems(("model_counts",), self.model_counts)
+        if self.magnitude.enabled:
+            out += self._counts_problems(("magnitude", "n_models"), self.magnitude.n_models)
+        out += self._unused_overrides()
+        spec = self.templates
+        kernels = spec.kernels_arch
+        # The default kernels_arch (cnn) is skipped quietly when not trained; a chosen one
+        # that is not trained would be skipped as quietly, so that is an error.
+        chosen = spec.enabled and "kernels_arch" in spec.model_fields_set
+        if chosen and self.archs and kernels is not None and kernels not in self.archs:
+            out.append(
+                (
+                    ("templates", "kernels_arch"),
+                    f"{kernels} is not in archs ({_values(self.archs)}); its kernels are "
+                    "drawn from the ingredients trained there (null: none)",
+                )
+            )
+        return out
+
+    def _counts_problems(self, loc: tuple[str, ...], counts: list[int]) -> list[Problem]:
+        if not counts:
+            return [(loc, f"empty; give at least one count in [2, n_models = {self.n_models}]")]
+        bad = [n for n in counts if not 2 <= n <= self.n_models]
+        if not bad or self.n_models < 2:
+            return []
+        return [
+            (
+                loc,
+                f"{_values(bad)} outside [2, n_models = {self.n_models}]: a soup averages at "
+                f"least 2 of the {self.n_models} ingredients",
+            )
+        ]
+
+    def _unused_overrides(self) -> list[Problem]:
+        """``dataset_training`` / ``arch_training`` keys that name no dataset / arch of the
+        study: overrides that would silently apply to nothing (a typo, or a path edited in
+        ``datasets`` but not here)."""
+        datasets = set(self.datasets) | set(self.independent.datasets or [])
+        datasets |= {d for pair in self.cross_task.pairs for d in pair}
+        datasets |= {d for d, _ in self.magnitude.targets}
+        archs = set(self.archs) | set(self.independent.archs) | {self.cross_task.arch}
+        archs |= {self.templates.arch, self.templates.kernels_arch}
+        archs |= {a for _, a in self.magnitude.targets}
+        out: list[Problem] = []
+        for key in self.dataset_training:
+            if key not in datasets:
+                out.append(
+                    (
+                        ("dataset_training", key),
+                        "no dataset of the study is spelled so (keys must match a spec of "
+                        "datasets, independent.datasets, cross_task.pairs or "
+                        "magnitude.targets exactly); these overrides would apply to nothing",
+                    )
+                )
+        for key in self.arch_training:
+            if key not in archs:
+                out.append(
+                    (
+                        ("arch_training", key),
+                        "no arch of the study is spelled so (keys must match archs, "
+                        "independent.archs, templates, cross_task.arch or magnitude.targets "
+                        "exactly); these overrides would apply to nothing",
+                    )
+                )
+        return out
 
     def counts(self) -> list[int]:
-        """Model counts of the weights-vs-features comparison that the ingredients allow."""
+        """Model counts of the weights-vs-features comparison (each in [2, n_models])."""
         return sorted({n for n in self.model_counts if 1 < n <= self.n_models})
 
     def training_for(self, arch: str, dataset: str) -> dict[str, Any]:
@@ -93,6 +334,10 @@ class StudyConfig(_Strict):
                 else:
                     merged[key] = value
         return merged
+
+    def magnitude_targets(self) -> list[tuple[str, str]]:
+        spec = self.magnitude
+        return list(spec.targets) or [(d, a) for d in self.datasets for a in self.archs]
 
 
 PRESETS = ("quick", "paper", "tiny")

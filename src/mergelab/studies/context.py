@@ -1,21 +1,30 @@
-"""What every perspective of a study shares: the config, the output folder layout, loaded
-datasets, trained ingredients and evaluators, each made once and reused."""
+"""What every study shares: the config, the output folder layout, loaded datasets, trained
+ingredients, evaluators and the per-example outcomes, each made once and reused."""
 
 from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from mergelab.data import DatasetSplits, ImageSpec, load_dataset
 from mergelab.evaluate import Evaluator
 from mergelab.io import load_state_dict
+from mergelab.results import outcome_key
 from mergelab.studies.config import StudyConfig
-from mergelab.train import IngredientRecipe, make_ingredients
+from mergelab.train import IngredientRecipe
+
+# Replicate seed s trains with base seed s * SEED_STRIDE, so no run of one replicate
+# shares an init or data-order seed with a run of another (recipes have < 1000 runs).
+SEED_STRIDE = 1000
+# Recipe fields that only a shared start has.
+_START_FIELDS = ("pretrain", "source", "init", "head")
 
 
 @dataclass
@@ -23,9 +32,11 @@ class StudyContext:
     config: StudyConfig
     out: Path
     progress: bool = True
+    workers: int = 1
     started: float = field(default_factory=time.perf_counter)
+    outcomes: dict[str, np.ndarray] = field(default_factory=dict)
     _datasets: dict[str, DatasetSplits] = field(default_factory=dict)
-    _ingredients: dict[tuple, list[Path]] = field(default_factory=dict)
+    _ingredients: dict[str, list[Path]] = field(default_factory=dict)
     _evaluators: dict[tuple, Evaluator] = field(default_factory=dict)
 
     @property
@@ -48,49 +59,102 @@ class StudyContext:
 
     def dataset(self, spec: str) -> DatasetSplits:
         if spec not in self._datasets:
-            self._datasets[spec] = load_dataset(spec, seed=self.config.seed)
+            self._datasets[spec] = load_dataset(spec, seed=self.config.split_seed)
         return self._datasets[spec]
+
+    # -- ingredients -------------------------------------------------------------------------
 
     def recipe(
         self,
         dataset: str,
         arch: str,
         *,
+        seed: int,
         mode: str = "shared",
         n_models: int | None = None,
         image: ImageSpec | None = None,
-        seed: int | None = None,
+        **overrides: Any,
     ) -> IngredientRecipe:
+        """The ingredient recipe of ``arch`` on ``dataset`` for replicate ``seed``: the
+        config's training fields (shared start, fine-tunes), or for ``mode="independent"``
+        N seeded inits trained from scratch with ``independent.train`` over ``train``."""
         fields: dict[str, Any] = self.config.training_for(arch, dataset)
         if mode == "independent":
-            fields.pop("pretrain", None)
+            for key in _START_FIELDS:
+                fields.pop(key, None)
+            fields["train"] = {**fields.get("train", {}), **self.config.independent.train}
+        fields.update(overrides)
+        in_chans, img_size = fields.pop("in_chans", None), fields.pop("img_size", None)
+        if image is not None:
+            in_chans, img_size = image.channels, image.size
         return IngredientRecipe(
             dataset=dataset,
-            split_seed=self.config.seed,
+            split_seed=self.config.split_seed,
             arch=arch,
             n_models=n_models or self.config.n_models,
             mode=mode,
-            seed=self.config.seed if seed is None else seed,
-            in_chans=None if image is None else image.channels,
-            img_size=None if image is None else image.size,
+            seed=seed * SEED_STRIDE,
+            in_chans=in_chans,
+            img_size=img_size,
             **fields,
         )
 
-    def ingredients(self, dataset: str, arch: str, **kwargs: Any) -> list[Path]:
-        """Checkpoints of the recipe's ingredients, trained once (cached by config hash)."""
-        recipe = self.recipe(dataset, arch, **kwargs)
-        key = (recipe.model_dump_json(),)
-        if key not in self._ingredients:
-            self.log(f"ingredients: {recipe.n_models} x {arch} on {dataset} ({recipe.mode})")
-            self._ingredients[key] = make_ingredients(
-                recipe, cache_dir=self.runs_dir, device=self.config.device, progress=self.progress
+    def image(self, dataset: str, arch: str) -> ImageSpec | None:
+        """The input ``arch`` sees on ``dataset`` when the config sets ``in_chans`` or
+        ``img_size`` for it (an ImageNet model at 224 px on CIFAR); None: the dataset's."""
+        fields = self.config.training_for(arch, dataset)
+        if fields.get("in_chans") is None and fields.get("img_size") is None:
+            return None
+        info = self.dataset(dataset).info
+        return ImageSpec(
+            channels=fields.get("in_chans") or info.channels,
+            size=fields.get("img_size") or info.image_size[0],
+        )
+
+    def prepare(self, recipes: Sequence[IngredientRecipe]) -> None:
+        """Train every run of ``recipes`` up front, ``workers`` at a time (cached runs cost
+        nothing), so the studies then only read checkpoints."""
+        from mergelab.train.pool import train_recipes
+
+        todo = list({r.model_dump_json(): r for r in recipes}.values())
+        if not todo:
+            return
+        # Distinct runs, as the run cache counts them (a run shared by recipes is one).
+        keys = {c.config_hash() for r in todo for c in r.all_configs()}
+        cached = sum((self.runs_dir / f"{k}.safetensors").is_file() for k in keys)
+        recipes_text = f"{len(todo)} recipe{'s' * (len(todo) != 1)}"
+        if cached == len(keys):
+            self.log(f"ingredients: all {len(keys)} training runs cached ({recipes_text})")
+        else:
+            done = f" ({cached} cached, {len(keys) - cached} to train)" if cached else ""
+            self.log(
+                f"ingredients: {recipes_text}, {len(keys)} training runs{done}, "
+                f"{self.workers} worker(s)"
             )
+        paths = train_recipes(
+            todo,
+            cache_dir=self.runs_dir,
+            device=self.config.device,
+            workers=self.workers,
+            progress=self.progress and self.workers == 1,
+            log=self.log,
+        )
+        for recipe, p in zip(todo, paths, strict=True):
+            self._ingredients[recipe.model_dump_json()] = p
+
+    def ingredients(self, recipe: IngredientRecipe) -> list[Path]:
+        """Checkpoints of ``recipe``'s ingredients (trained now if :meth:`prepare` did not)."""
+        key = recipe.model_dump_json()
+        if key not in self._ingredients:
+            self.prepare([recipe])
         return self._ingredients[key]
 
-    def state_dicts(self, paths: list[Path]) -> list[dict[str, torch.Tensor]]:
+    def state_dicts(self, paths: Sequence[Path]) -> list[dict[str, torch.Tensor]]:
         return [load_state_dict(p) for p in paths]
 
     def evaluator(self, dataset: str, arch: str, image: ImageSpec | None = None) -> Evaluator:
+        """The evaluator of ``arch`` on ``dataset`` (input: ``image``, else :meth:`image`)."""
+        image = image if image is not None else self.image(dataset, arch)
         key = (dataset, arch, image)
         if key not in self._evaluators:
             self._evaluators[key] = Evaluator(
@@ -103,3 +167,26 @@ class StudyContext:
                 progress=False,
             )
         return self._evaluators[key]
+
+    # -- outcomes ----------------------------------------------------------------------------
+
+    def keep(self, row: dict[str, Any], per_example: np.ndarray | None) -> dict[str, Any]:
+        """``row`` with an ``outcome`` name for ``per_example`` (kept for ``outcomes.npz``);
+        rows of other splits than test keep none (claims use test only)."""
+        if per_example is None or row.get("split") != "test":
+            return row
+        key = outcome_key(row)
+        self.outcomes[key] = per_example
+        return {**row, "outcome": key}
+
+    def keep_frame(self, frame: Any, examples: Mapping[int, np.ndarray]) -> Any:
+        """:meth:`keep` for the rows of a DataFrame whose index is in ``examples``."""
+        frame = frame.copy()
+        if "outcome" not in frame.columns:
+            frame["outcome"] = ""
+        for idx, vec in examples.items():
+            row = frame.loc[idx].to_dict()
+            kept = self.keep({k: v for k, v in row.items() if k != "outcome"}, vec)
+            if "outcome" in kept:
+                frame.loc[idx, "outcome"] = kept["outcome"]
+        return frame

@@ -1,34 +1,25 @@
-"""``mergelab study``: train the ingredients, run every perspective, write the report.
+"""``mergelab study``: train the ingredients, run every study, write the report.
 
-Rows from every perspective go into one tidy table (``results.csv``); figures, tables,
-``claims.md`` and ``report.html`` are drawn from that table alone. Training runs and model
-outputs are cached under OUT (``runs/``, ``cache/``), so a rerun into the same OUT reuses
-every finished run and pass.
+Every ingredient run any study needs is trained first (``workers`` processes at a time),
+then each registered study adds its rows to one tidy table (``results.csv``) and its
+per-example outcomes to ``outcomes.npz``; figures, tables, claims and ``report.html`` are
+drawn from those two files alone. Training runs and model outputs are cached under OUT
+(``runs/``, ``cache/``), so a rerun into the same OUT reuses every finished run and pass.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
-from mergelab.report import write_all
+from mergelab.report import Results, write_all
 from mergelab.studies.config import StudyConfig, load_config
 from mergelab.studies.context import StudyContext
-from mergelab.studies.cross_task import cross_task_rows
-from mergelab.studies.magnitude import magnitude_rows
-from mergelab.studies.templates import templates_rows
-from mergelab.studies.weight_stats import weight_stats_rows
-from mergelab.studies.weights_vs_features import weights_vs_features_rows
-
-PERSPECTIVES = (
-    ("weights vs features", weights_vs_features_rows),
-    ("templates", templates_rows),
-    ("cross-task", cross_task_rows),
-    ("weight statistics", weight_stats_rows),
-    ("magnitude", magnitude_rows),
-)
+from mergelab.studies.registry import STUDIES
+from mergelab.studies.validate import check_study
 
 
 def run_study(
@@ -36,31 +27,58 @@ def run_study(
     out: str | Path = "mergelab-study",
     *,
     progress: bool = True,
-) -> dict[str, Path]:
+    workers: int = 1,
+) -> dict[str, object]:
     """Run the study of ``config`` (a preset name, a YAML path or a config) into ``out``.
 
-    Returns the paths of ``results``, ``claims`` and ``report``.
+    Returns the paths of ``results``, ``outcomes``, ``claims`` and ``report``, and under
+    ``sanity_failures`` the keys of the sanity checks that failed (empty when all held).
+
+    The config is checked first (:func:`mergelab.studies.validate.check_study`: fields,
+    arch names, dataset and checkpoint paths, ``out``): a problem raises ``MergeError``
+    before any folder is created or anything trained. A run that fails later removes
+    ``out`` again if it created it and no file was written into it.
     """
     if isinstance(config, StudyConfig):
         text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
     else:
         config, text = load_config(config)
     out = Path(out)
+    check_study(config, out)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    ctx = StudyContext(config, out, progress=progress)
+    try:
+        return _run(config, text, out, progress=progress, workers=workers)
+    except BaseException:
+        if created and out.is_dir() and all(p.is_dir() for p in out.rglob("*")):
+            shutil.rmtree(out, ignore_errors=True)  # made here, and still holds no file
+        raise
+
+
+def _run(
+    config: StudyConfig, text: str, out: Path, *, progress: bool, workers: int
+) -> dict[str, object]:
+    ctx = StudyContext(config, out, progress=progress, workers=max(1, workers))
     ctx.log(f"study {config.name!r} into {out}/")
+    ctx.prepare([r for study in STUDIES.values() for r in study.needed_recipes(ctx)])
     frames = []
-    for label, perspective in PERSPECTIVES:
-        rows = perspective(ctx)
-        ctx.log(f"{label}: {len(rows)} rows")
-        frames.append(rows)
-    rows = pd.concat([f for f in frames if len(f)], ignore_index=True)
+    for study in STUDIES.values():
+        rows = study.run(ctx)
+        if rows is None:
+            continue
+        ctx.log(f"{study.name}: {len(rows)} rows")
+        if len(rows):
+            frames.append(rows)
+    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     paths = write_all(
-        rows,
+        Results(rows, ctx.outcomes),
         out,
         title=f"mergelab study: {config.name}",
         config=yaml.safe_load(text),
         arrays_dir=ctx.arrays_dir,
     )
+    failed = paths.get("sanity_failures") or []
+    if failed:
+        ctx.log(f"SANITY CHECKS FAILED: {', '.join(failed)} (a defect; see the report)")
     ctx.log(f"report: {paths['report']}")
     return paths

@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 # Bump whenever the training loop changes what a config produces, so old caches are not reused.
-TRAINER_VERSION = 1
+TRAINER_VERSION = 2
 
 _HASH = re.compile(r"[0-9a-f]{64}")
 
@@ -82,13 +82,31 @@ class TrainSettings(BaseModel):
     augment_padding: int | None = Field(None, ge=0)
     """Crop padding in pixels; None = side // 8 (4 px for 32, 3 for 28)."""
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-    train_fraction: float = Field(1.0, gt=0, le=1)
-    """Train on a fixed class-stratified fraction of the split (e.g. a smaller pretraining)."""
+    train_slice: tuple[float, float] = (0.0, 1.0)
+    """``[lo, hi)``: train on the items whose position in a fixed (seed 0) class-stratified
+    order lies in that range of each class, so ``[0, 0.5]`` and ``[0.5, 1]`` are disjoint
+    halves that together cover every item once (a pre-training and its fine-tunes on
+    different data). Multi-label targets: one fixed order of all items."""
+    patience: int | None = Field(None, ge=1)
+    """Early stopping: measure the primary metric on the dataset's ``val`` split after every
+    epoch, stop once it has not improved for ``patience`` epochs (``epochs``/``steps`` is
+    then the maximum, and the lr schedule is defined over it) and keep the weights of the
+    best epoch (ties: the earliest). None: no val pass, train the full length."""
+    track_val: bool = False
+    """Measure the primary metric on ``val`` after every epoch and keep the curve (in the
+    run's sidecar JSON), without stopping early or changing the weights: the evidence that
+    a run's validation accuracy had plateaued."""
 
     @model_validator(mode="before")
     @classmethod
     def _one_length(cls, data: Any) -> Any:
         if isinstance(data, dict):
+            if "train_fraction" in data:
+                raise ValueError(
+                    "train_fraction was replaced by train_slice: [lo, hi) of every class "
+                    f"(train_fraction: {data['train_fraction']} -> "
+                    f"train_slice: [0, {data['train_fraction']}])"
+                )
             epochs, steps = data.get("epochs"), data.get("steps")
             if epochs is not None and steps is not None:
                 raise ValueError("give epochs or steps, not both")
@@ -100,6 +118,11 @@ class TrainSettings(BaseModel):
     def _check_milestones(self) -> TrainSettings:
         if any(not 0 < m < 1 for m in self.step_milestones):
             raise ValueError(f"step_milestones must lie in (0, 1), got {self.step_milestones}")
+        lo, hi = self.train_slice
+        if not 0.0 <= lo < hi <= 1.0:
+            raise ValueError(
+                f"train_slice must be [lo, hi] with 0 <= lo < hi <= 1, got [{lo}, {hi}]"
+            )
         return self
 
 
@@ -109,6 +132,10 @@ class TrainConfig(TrainSettings):
     ``seed`` fixes the initialisation and dropout; ``data_seed`` the batch order and the
     augmentation. ``init`` is None (fresh seeded init), a checkpoint path, or the config hash
     of another run in the same cache (how fine-tunes point at their pre-training).
+    ``reset_head``: after loading ``init``, re-initialise the final Linear (a fresh head per
+    run, seeded by ``seed``); head tensors of ``init`` with another shape (a source with
+    another number of classes) are then skipped instead of failing. No effect without
+    ``init`` (a fresh init has a fresh head anyway).
     """
 
     dataset: str = "digits"
@@ -124,6 +151,7 @@ class TrainConfig(TrainSettings):
     seed: int = 0
     data_seed: int = 0
     init: str | None = None
+    reset_head: bool = False
 
     def canonical_json(self) -> str:
         """Sorted, compact JSON of every field: the text that is hashed and stored."""

@@ -8,6 +8,7 @@ its presence means "done", so a rerun or a resumed recipe does no training.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import json
@@ -34,9 +35,12 @@ __all__ = [
     "fit",
     "lr_factor",
     "read_train_config",
+    "reinit_head",
     "resolve_device",
+    "slice_positions",
     "total_steps",
     "train_model",
+    "val_score",
 ]
 
 AUGMENT_MIN_SIZE = 16
@@ -95,8 +99,48 @@ def _splits(dataset: str, split_seed: int) -> Any:
     return load_dataset(dataset, seed=split_seed)
 
 
-_TENSORS: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
-_TENSORS_KEEP = 2
+_TENSORS: OrderedDict[str, tuple[Any, torch.Tensor]] = OrderedDict()
+_TENSORS_KEEP = 4
+# A split whose adapted float32 images would take more than this many bytes is not held in
+# memory: its images are read and adapted batch by batch (``$MERGELAB_TRAIN_MEMORY_GB``).
+MEMORY_LIMIT_BYTES = int(float(os.environ.get("MERGELAB_TRAIN_MEMORY_GB", "4")) * (1 << 30))
+
+
+class LazyImages:
+    """The images of a split, read and adapted on access: what training uses instead of one
+    tensor when the split would not fit in memory (CelebA at 224 px is about 100 GB).
+
+    Supports what the training loop needs of a tensor: ``len``, ``shape``, ``dim()``,
+    ``to(device)``, and indexing by a tensor of positions or a slice (a batch).
+    """
+
+    def __init__(self, dataset: Any, positions: np.ndarray | None = None, device: Any = "cpu"):
+        self.dataset = dataset
+        self.positions = np.arange(len(dataset), dtype=np.int64) if positions is None else positions
+        self.device = torch.device(device)
+        first, _ = dataset.get_batch([0])
+        self.shape = (len(self.positions), *first.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def dim(self) -> int:
+        return len(self.shape)
+
+    def to(self, device: Any) -> LazyImages:
+        return LazyImages(self.dataset, self.positions, device)
+
+    def subset(self, idx: torch.Tensor | np.ndarray) -> LazyImages:
+        return LazyImages(self.dataset, self.positions[np.asarray(idx)], self.device)
+
+    def __getitem__(self, idx: Any) -> torch.Tensor:
+        chosen = (
+            self.positions[idx]
+            if isinstance(idx, slice)
+            else self.positions[np.asarray(idx.cpu() if isinstance(idx, torch.Tensor) else idx)]
+        )
+        x, _ = self.dataset.get_batch(chosen.tolist())
+        return x.to(self.device)
 
 
 def _image_spec(config: TrainConfig, info: Any) -> Any:
@@ -110,40 +154,76 @@ def _image_spec(config: TrainConfig, info: Any) -> Any:
     )
 
 
-def _stratified_subset(y: torch.Tensor, fraction: float) -> torch.Tensor:
-    """Fixed positions of a class-stratified ``fraction`` (seed 0: the same for every run)."""
+def _cut(lo: float, hi: float, n: int) -> tuple[int, int]:
+    """Positions ``[round(lo*n), round(hi*n))``; rounding half up, the same for a boundary
+    shared by two slices, so adjacent slices are disjoint and cover every position."""
+    return math.floor(lo * n + 0.5), math.floor(hi * n + 0.5)
+
+
+def slice_positions(y: torch.Tensor | np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Sorted positions of the items in ``[lo, hi)`` of a fixed, class-stratified order.
+
+    Single-label ``y`` (N,): per class, in class order, a permutation of its items drawn from
+    one generator seeded 0 (the same for every run); items ``k`` of that permutation with
+    ``round(lo*n_c) <= k < round(hi*n_c)`` are kept. Multi-label ``y`` (N, C): one seeded
+    permutation of all items, cut the same way. ``[0, .5]`` and ``[.5, 1]`` are disjoint and
+    together hold every item exactly once.
+    """
+    labels = np.asarray(y)
     rng = np.random.default_rng(0)
-    if y.dim() != 1:  # multi-label: a plain random subset
-        n = len(y)
-        return torch.from_numpy(np.sort(rng.permutation(n)[: max(1, round(fraction * n))]))
-    labels = y.numpy()
-    keep: list[np.ndarray] = []
+    if labels.ndim != 1:
+        a, b = _cut(lo, hi, len(labels))
+        return np.sort(rng.permutation(len(labels))[a:b])
+    keep: list[np.ndarray] = [np.zeros(0, dtype=np.int64)]
     for c in np.unique(labels):
         pos = np.flatnonzero(labels == c)
-        keep.append(rng.permutation(pos)[: max(1, round(fraction * len(pos)))])
-    return torch.from_numpy(np.sort(np.concatenate(keep)))
+        a, b = _cut(lo, hi, len(pos))
+        keep.append(rng.permutation(pos)[a:b])
+    return np.sort(np.concatenate(keep))
 
 
-def _train_data(config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, Any]:
-    """(X, y, DatasetInfo) for the run, adapted to the model's input; cached per process."""
+def _tensors(config: TrainConfig, split: str) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    """(X, y, DatasetInfo) of a whole split, adapted to the model's input; cached per process."""
     from mergelab.data import as_tensors
 
     splits = _splits(config.dataset, config.split_seed)
     spec = _image_spec(config, splits.info)
-    key = splits.key(config.split, spec)
+    key = splits.key(split, spec)
     if key in _TENSORS:
         _TENSORS.move_to_end(key)
     else:
-        _TENSORS[key] = as_tensors(splits.split(config.split, spec))
+        dataset = splits.split(split, spec)
+        lazy = LazyImages(dataset) if len(dataset) else None
+        if lazy is not None and 4 * math.prod(lazy.shape) > MEMORY_LIMIT_BYTES:
+            _TENSORS[key] = (lazy, dataset.targets)
+        else:
+            _TENSORS[key] = as_tensors(dataset)
         while len(_TENSORS) > _TENSORS_KEEP:
             _TENSORS.popitem(last=False)
     x, y = _TENSORS[key]
-    if config.train_fraction < 1.0:
-        idx = _stratified_subset(y, config.train_fraction)
-        x, y = x[idx], y[idx]
-    if len(x) == 0:
-        raise TrainingError(f"{config.dataset}: split {config.split!r} is empty")
     return x, y, splits.info
+
+
+def _train_data(config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    """(X, y, DatasetInfo) the run trains on: its split, cut to ``train_slice``."""
+    x, y, info = _tensors(config, config.split)
+    lo, hi = config.train_slice
+    if (lo, hi) != (0.0, 1.0):
+        idx = torch.from_numpy(slice_positions(y, lo, hi))
+        x, y = (x.subset(idx) if isinstance(x, LazyImages) else x[idx]), y[idx]
+    if len(x) == 0:
+        raise TrainingError(
+            f"{config.dataset}: split {config.split!r} has no items in train_slice [{lo}, {hi}]"
+        )
+    return x, y, info
+
+
+def _val_data(config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The dataset's whole ``val`` split, with the same input adaptation as training."""
+    x, y, _ = _tensors(config, "val")
+    if len(x) == 0:
+        raise TrainingError(f"{config.dataset}: split 'val' is empty; patience needs it")
+    return x, y
 
 
 # ----------------------------------------------------------------------------- model
@@ -163,8 +243,39 @@ def _resolve_init(config: TrainConfig, cache_dir: Path) -> Path | None:
     return Path(config.init).expanduser()
 
 
+def _load_init(model: nn.Module, init: Path, reset_head: bool) -> None:
+    """Load ``init`` into ``model``; with ``reset_head``, head tensors of another shape (a
+    source with another class count) are skipped: the model keeps its own."""
+    from mergelab.models import load_weights, read_checkpoint, split_model
+
+    if not reset_head:
+        load_weights(model, init)
+        return
+    state = read_checkpoint(init)
+    prefix = split_model(model).head_prefix
+    expected = model.state_dict()
+    for key, value in expected.items():
+        ours = tuple(value.shape)
+        theirs = tuple(getattr(state.get(key), "shape", ours))
+        if key.startswith(prefix) and key in state and theirs != ours:
+            state[key] = value  # re-initialised below anyway
+    load_weights(model, state)
+
+
+def reinit_head(model: nn.Module, seed: int) -> None:
+    """Re-initialise the final Linear of ``model`` (its own ``reset_parameters``) from a
+    generator seeded ``seed``; torch's global random state is left as it was."""
+    from mergelab.models import split_model
+
+    head = split_model(model).head_module
+    devices = [head.weight.device] if head.weight.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        head.reset_parameters()
+
+
 def _build(config: TrainConfig, info: Any, init: Path | None) -> nn.Module:
-    from mergelab.models import build_model, load_weights
+    from mergelab.models import build_model
 
     in_chans = config.in_chans if config.in_chans is not None else info.channels
     img_size = config.img_size if config.img_size is not None else info.image_size[0]
@@ -177,9 +288,11 @@ def _build(config: TrainConfig, info: Any, init: Path | None) -> nn.Module:
     )
     if init is not None:
         try:
-            load_weights(model, init)
+            _load_init(model, init, config.reset_head)
         except (ValueError, FileNotFoundError) as exc:
             raise TrainingError(f"cannot start from {init}: {exc}") from None
+        if config.reset_head:
+            reinit_head(model, config.seed)
     return model
 
 
@@ -256,6 +369,31 @@ def _deterministic(enabled: bool, threads: int | None) -> Iterator[None]:
         torch.set_num_threads(previous_threads)
 
 
+EVAL_BATCH = 128  # measured: faster than larger batches for small CPU models
+
+
+@torch.no_grad()
+def val_score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, multilabel: bool) -> float:
+    """Primary metric (accuracy, or mean AUROC for multi-label) of ``model`` on ``x, y``,
+    in eval mode under no_grad; the model is put back in train mode afterwards."""
+    from mergelab.evaluate.metrics import compute_metrics, primary_metric
+
+    model.eval()
+    try:
+        logits = torch.cat([model(x[i : i + EVAL_BATCH]) for i in range(0, len(x), EVAL_BATCH)])
+    finally:
+        model.train()
+    name = primary_metric(multilabel)
+    targets = y.detach().to("cpu").numpy()
+    values = compute_metrics(
+        logits.detach().to("cpu", torch.float32).numpy(),
+        targets,
+        multilabel=multilabel,
+        which=(name,),
+    )
+    return float(values[name])
+
+
 def fit(
     model: nn.Module,
     x: torch.Tensor,
@@ -265,20 +403,32 @@ def fit(
     multilabel: bool = False,
     progress: bool = True,
     desc: str | None = None,
-) -> dict[str, float]:
+    val: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> dict[str, Any]:
     """Train ``model`` in place on tensors ``x, y`` (already on the model's device).
 
-    The model stays in train mode throughout (no evaluation happens here). Returns
-    ``{"steps", "epochs", "final_loss"}``; ``final_loss`` is the mean over the last
-    10 % of steps. Raises ``TrainingError`` when the loss stops being finite.
+    Without ``config.patience`` the model stays in train mode throughout (no evaluation) and
+    the result is ``{"steps", "epochs", "final_loss"}``; ``final_loss`` is the mean over the
+    last 10 % of the run's steps. With it, ``val`` (tensors on the model's device) is scored
+    after every epoch (:func:`val_score`), training stops once the score has not improved
+    for ``patience`` epochs, the best epoch's weights are loaded back (ties: the earliest),
+    and the result adds ``val_curve`` (one value per epoch; a trailing partial epoch counts
+    as one), ``best_epoch`` (1-based), ``epochs_run`` and ``max_steps``. The lr schedule is
+    defined over the full length either way. Raises ``TrainingError`` when the loss stops
+    being finite.
     """
     from tqdm.auto import tqdm
 
     from mergelab.data import augment
 
+    patience = config.patience
+    tracking = patience is not None or config.track_val
+    if tracking and val is None:
+        raise TrainingError(f"{config.arch} on {config.dataset}: patience needs val data")
     device = x.device
     n = len(x)
     total = total_steps(config, n)
+    per_epoch = max(1, n // min(config.batch_size, n))
     gen = torch.Generator().manual_seed(config.data_seed)
     aug_gen = torch.Generator().manual_seed(config.data_seed + 0x5EED)
     side = min(int(x.shape[-1]), int(x.shape[-2])) if x.dim() == 4 else 0
@@ -287,9 +437,11 @@ def fit(
     opt = _optimizer(config, model)
     model.train()
     batches = _batches(n, config.batch_size, gen)
-    tail = max(1, total // 10)
-    tail_sum = torch.zeros((), device=device)
+    tail: collections.deque[torch.Tensor] = collections.deque(maxlen=max(1, total // 10))
     check_every = 25
+    curve: list[float] = []
+    best: tuple[float, int, dict[str, torch.Tensor]] | None = None  # (score, epoch, state)
+    steps_run = 0
     bar = tqdm(range(total), desc=desc or config.arch, disable=not progress, leave=False)
     for step in bar:
         idx = next(batches).to(device)
@@ -303,21 +455,49 @@ def fit(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if step >= total - tail:
-            tail_sum += loss.detach()
-        if (step + 1) % check_every == 0 or step + 1 == total:
+        tail.append(loss.detach())
+        steps_run = step + 1
+        if steps_run % check_every == 0 or steps_run == total:
             value = float(loss.detach())
             if not math.isfinite(value):
                 raise TrainingError(
-                    f"{config.arch} on {config.dataset}: loss is {value} at step {step + 1}; "
+                    f"{config.arch} on {config.dataset}: loss is {value} at step {steps_run}; "
                     f"lower the learning rate (lr={config.lr})"
                 )
             if progress:
                 bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.3g}")
+        if tracking and val is not None and (steps_run % per_epoch == 0 or steps_run == total):
+            score = val_score(model, val[0], val[1], multilabel=multilabel)
+            curve.append(score)
+            epoch = len(curve)
+            rank = score if math.isfinite(score) else -math.inf  # NaN (no AUROC) never wins
+            if best is None or rank > best[0]:
+                state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                best = (rank, epoch, state)
+            if progress:
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}", val=f"{score:.4f}")
+            if patience is not None and epoch - best[1] >= patience:
+                break
     bar.close()
-    final = float(tail_sum) / tail if total else float("nan")
-    per_epoch = max(1, n // min(config.batch_size, n))
-    return {"steps": float(total), "epochs": total / per_epoch, "final_loss": final}
+    final = float(torch.stack(list(tail)).mean()) if tail else float("nan")
+    stats: dict[str, Any] = {
+        "steps": float(steps_run),
+        "epochs": steps_run / per_epoch,
+        "final_loss": final,
+    }
+    if tracking:
+        if best is not None and patience is not None:
+            model.load_state_dict(best[2])
+        stats.update(
+            {
+                "max_steps": float(total),
+                "val_curve": curve,
+                "best_epoch": best[1] if best is not None else 0,
+                "best_val": curve[best[1] - 1] if best is not None else float("nan"),
+                "epochs_run": len(curve),
+            }
+        )
+    return stats
 
 
 def _atomic_text(path: Path, text: str) -> None:
@@ -333,13 +513,14 @@ def train_model(
     device: str | torch.device | None = None,
     progress: bool = True,
     threads: int | None = 1,
-    desc: str | None = 1,
+    desc: str | None = None,
 ) -> Path:
     """Train ``config`` and return ``cache_dir/<config_hash>.safetensors``.
 
     If that file exists it is returned at once: nothing is trained. The checkpoint is
     written atomically (a crash leaves no partial file) with the config as metadata and a
-    ``<hash>.json`` sidecar (config, loss, timing). On the CPU the same config gives the
+    ``<hash>.json`` sidecar (config, loss, timing; with ``patience`` also ``val_curve``,
+    ``best_epoch`` and ``epochs_run``). On the CPU the same config gives the
     same bytes; CUDA (used when present and ``device`` is None) is repeatable only as far
     as its kernels are.
 
@@ -361,6 +542,10 @@ def train_model(
     started = time.perf_counter()
     with _deterministic(dev.type == "cpu", threads):
         x, y, info = _train_data(config)
+        val = None
+        if config.patience is not None or config.track_val:
+            vx, vy = _val_data(config)
+            val = (vx.to(dev), vy.to(dev))
         torch.manual_seed(config.seed)
         model = _build(config, info, init).to(dev)
         stats = fit(
@@ -371,6 +556,7 @@ def train_model(
             multilabel=info.multilabel,
             progress=progress,
             desc=desc,
+            val=val,
         )
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     metadata = {

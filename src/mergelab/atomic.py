@@ -1,0 +1,37 @@
+"""Atomic file creation: a reader sees the old file or the whole new one, never half."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+__all__ = ["atomic_write"]
+
+
+def atomic_write(
+    path: str | os.PathLike[str], writer: Callable[[IO[bytes]], object], *, fsync: bool = True
+) -> Path:
+    """Create ``path`` atomically: ``writer(file_object)`` fills a temp file beside it, which
+    is flushed, synced (unless ``fsync=False``), made readable by all (0644, like any file
+    the user writes) and renamed over ``path``; on any failure the temp file is removed
+    and an existing ``path`` is left untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            writer(fh)
+            fh.flush()
+            if fsync:
+                os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path

@@ -1,0 +1,215 @@
+"""Every study of ``mergelab study``, declared once.
+
+A :class:`Study` names the value of the ``study`` column its rows carry, the *key columns*
+that together define one experiment (two rows that differ in any of them are different
+experiments and are never averaged together), the *item columns* that tell apart rows of
+one experiment and one method (a member model, a layer, a class, a batch), the function
+that runs it, and the report section that shows it. Tables, figures and claims attach
+themselves to a study with the decorators :meth:`Study.table` and :meth:`Study.figure`
+(claims carry their study), so adding a study means adding one entry here and its parts
+where they live.
+
+This module imports neither torch nor the runners: a report can be drawn from a
+``results.csv`` alone.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "CROSS_TASK",
+    "INGREDIENTS",
+    "MAGNITUDE",
+    "MAGNITUDE_BATCHES",
+    "NUMBER_KEYS",
+    "STUDIES",
+    "TEMPLATES",
+    "WEIGHT_STATS",
+    "WVF",
+    "Study",
+    "register",
+]
+
+# Key and item columns that hold numbers (the others hold text).
+NUMBER_KEYS = frozenset({"n_models", "magnitude", "seed", "model", "batch", "class", "depth"})
+
+
+@dataclass(eq=False)
+class Study:
+    """One study: its rows, what identifies an experiment, how it runs, how it is shown.
+
+    ``keys``: columns that define one experiment (with ``metric``). ``items``: columns
+    that distinguish the rows of one experiment, method, split and metric (e.g. the
+    member models behind "Individual"); ``item_methods``: the methods that have such
+    rows when the others have one row per experiment. ``runner``: ``"module:function"``
+    taking the study context and returning rows, imported only when the study runs (None:
+    another study's runner writes these rows). ``recipes``: the same for the function
+    listing the ingredient recipes the study needs (trained up front, in parallel; also
+    what ``--dry-run`` counts).
+    """
+
+    name: str
+    heading: str
+    blurb: str
+    keys: tuple[str, ...]
+    runner: str | None = None
+    recipes: str | None = None
+    items: tuple[str, ...] = ()
+    item_methods: tuple[str, ...] = ()
+    tables: list[Callable[..., Any]] = field(default_factory=list)
+    figures: list[Callable[..., Any]] = field(default_factory=list)
+
+    def table(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """Decorator: ``fn(results) -> list[Table]`` is one of this study's tables."""
+        self.tables.append(fn)
+        return fn
+
+    def figure(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """Decorator: ``fn(results, out_dir) -> list[Path]`` draws this study's figures."""
+        self.figures.append(fn)
+        return fn
+
+    def _resolve(self, target: str) -> Callable[..., Any]:
+        module, _, name = target.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+    def run(self, ctx: Any) -> Any:
+        """Run the study on a ``StudyContext``; its rows (a DataFrame), or None when
+        another study's runner writes them."""
+        return None if self.runner is None else self._resolve(self.runner)(ctx)
+
+    def needed_recipes(self, ctx: Any) -> list[Any]:
+        """The ingredient recipes this study will ask the context for."""
+        return [] if self.recipes is None else list(self._resolve(self.recipes)(ctx))
+
+
+STUDIES: dict[str, Study] = {}
+
+
+def register(study: Study) -> Study:
+    if study.name in STUDIES:
+        raise ValueError(f"study {study.name!r} is registered twice")
+    STUDIES[study.name] = study
+    return study
+
+
+_S = "mergelab.studies"
+
+INGREDIENTS = register(
+    Study(
+        "ingredients",
+        "The ingredients",
+        "Each setting's N models on their own: test accuracy, how long they trained and "
+        "whether validation accuracy had stopped improving, and how different they are "
+        "(mean pairwise test disagreement and L2 distance). Near-identical ingredients make "
+        "soups look like ensembles and cannot separate them.",
+        keys=("dataset", "arch", "init", "seed"),
+        items=("model",),
+        item_methods=("Individual",),
+        runner=f"{_S}.ingredients:run",
+        recipes=f"{_S}.weights_vs_features:recipes",
+    )
+)
+WVF = register(
+    Study(
+        "weights_vs_features",
+        "Weight averaging vs feature averaging",
+        "Soups (Uniform, Greedy) against output and feature ensembles, per dataset, "
+        "architecture, initialisation, seed and model count N (the first N ingredients); "
+        "selection on val, numbers on test. Greedy ensembles take the greedy soup's members "
+        "(as the paper); '(own)' variants run their own greedy search.",
+        keys=("dataset", "arch", "init", "seed", "n_models"),
+        items=("members",),
+        item_methods=("Individual",),
+        runner=f"{_S}.weights_vs_features:run",
+        recipes=f"{_S}.weights_vs_features:recipes",
+    )
+)
+CROSS_TASK = register(
+    Study(
+        "cross_task",
+        "Merging models of different tasks",
+        "Model A (task A) and model B (task B), fine-tuned from one start, each with its own "
+        "head. Their backbones averaged, or their features ensembled, and classified by A's "
+        "head on task A (the paper's Table 3); 'B backbone + A head' is the control.",
+        keys=("arch", "dataset", "other_dataset", "seed"),
+        runner=f"{_S}.cross_task:run",
+        recipes=f"{_S}.cross_task:recipes",
+    )
+)
+MAGNITUDE = register(
+    Study(
+        "magnitude",
+        "Magnitude: scaling the weights",
+        "Parameters scaled by c before merging or ensembling: all models, only the first, or "
+        "all but the first; BatchNorm evaluated with running statistics as scaled "
+        "('running'), with running_var scaled by c^2 ('running_c2'), or with batch "
+        "statistics as the paper's code did ('batch'; class-mixed seeded batches).",
+        keys=(
+            "dataset",
+            "arch",
+            "init",
+            "seed",
+            "n_models",
+            "scaled",
+            "tensors",
+            "bn",
+            "magnitude",
+        ),
+        runner=f"{_S}.magnitude:run",
+        recipes=f"{_S}.magnitude:recipes",
+    )
+)
+MAGNITUDE_BATCHES = register(
+    Study(
+        "magnitude_batches",
+        "Magnitude: per-batch accuracy",
+        "Each point is one class-mixed test batch (seeded): logit ensemble (x) against "
+        "uniform soup (y), as the paper's Fig. 4.",
+        keys=(
+            "dataset",
+            "arch",
+            "init",
+            "seed",
+            "n_models",
+            "scaled",
+            "tensors",
+            "bn",
+            "magnitude",
+        ),
+        items=("batch",),
+        item_methods=("Uniform Soup", "Ens Logits"),
+    )
+)
+WEIGHT_STATS = register(
+    Study(
+        "weight_stats",
+        "Weight statistics before and after averaging",
+        "Per tensor: max |w| and variance of each model, of their average, and the "
+        "prediction for independent weights, sum(s_i^2)/N^2; on the ingredients the soups "
+        "use.",
+        keys=("dataset", "arch", "init", "seed", "n_models"),
+        items=("layer", "model"),
+        item_methods=("model", "average"),
+        runner=f"{_S}.weight_stats:run",
+        recipes=f"{_S}.weight_stats:recipes",
+    )
+)
+TEMPLATES = register(
+    Study(
+        "templates",
+        "Weights as templates",
+        "A linear classifier's class rows, reshaped to the image, beside the class means; "
+        "merged classifiers blend their templates. The control is the grand-mean image, "
+        "which looks like every class a little. First-layer kernels shown the same way.",
+        keys=("dataset", "arch", "seed"),
+        items=("class",),
+        item_methods=("classifier", "merged_two_models", "merged_halves", "grand_mean"),
+        runner=f"{_S}.templates:run",
+        recipes=f"{_S}.templates:recipes",
+    )
+)

@@ -1,0 +1,527 @@
+"""Is a study config runnable here? Checked before anything is created or trained.
+
+:func:`check_study` runs first in :func:`mergelab.studies.run_study`: a config that
+would fail later (after hours of training on the paper's grid) fails at once, with one
+line naming the config field (``arch_training.vit_small.train.lrr``) or the file at
+fault, and no output folder. It checks, from the config alone and in well under a second
+for the built-in models (a few seconds when torchvision or timm names are resolved):
+
+* every ingredient recipe every study needs builds: the fields of ``training``,
+  ``dataset_training.X``, ``arch_training.Y`` and ``independent.train`` are recipe and
+  training fields with valid values (an error names the section the bad field came from);
+* every arch name resolves (a built-in, ``tv:NAME``, ``timm:NAME`` or a bare
+  torchvision/timm name; nothing is built but the small built-ins, on the meta device);
+  ``templates.arch`` is a linear classifier on raw pixels;
+* every dataset spec names a known dataset, and its files are there (no data is read);
+* every ``init`` checkpoint file is there;
+* the output folder is, or can be, a folder: not a file, not under a file;
+* a ``device: cuda`` config is on a machine with a CUDA device.
+
+:func:`check_dry_run` runs the same checks for ``--dry-run`` except the device, and
+returns the missing data and checkpoint paths instead of failing on them: a dry run plans
+the study, possibly on a machine without the data.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from mergelab.errors import MergeError
+from mergelab.studies.config import StudyConfig
+from mergelab.studies.context import StudyContext
+from mergelab.train import IngredientRecipe
+
+__all__ = [
+    "MissingPath",
+    "StudyCheck",
+    "arch_problem",
+    "check_dry_run",
+    "check_study",
+    "inspect_study",
+    "missing_warning",
+]
+
+# IngredientRecipe fields that the study sets itself (a training section may not).
+_SET_BY_STUDY = {
+    "dataset": "datasets",
+    "arch": "archs",
+    "n_models": "n_models",
+    "seed": "seeds",
+    "split_seed": "split_seed",
+    "mode": "independent.archs",
+}
+# Fields a training section may hold besides the recipe's (taken off by StudyContext).
+_INPUT_FIELDS = ("in_chans", "img_size")
+
+
+@dataclass(frozen=True)
+class MissingPath:
+    """A dataset or checkpoint path of the config that is not on this machine."""
+
+    path: str
+    field: str
+    """Config field it came from: ``datasets[0]``, ``arch_training.tv:resnet18.init``."""
+    kind: str
+    """``dataset`` or ``checkpoint``."""
+
+    def __str__(self) -> str:
+        return f"{self.path} ({self.field})"
+
+
+@dataclass
+class StudyCheck:
+    """What is wrong with a config: ``errors`` (one line each, naming the field or file)
+    and the paths that are ``missing`` on this machine."""
+
+    errors: list[str] = field(default_factory=list)
+    missing: list[MissingPath] = field(default_factory=list)
+
+    def error_message(self) -> str | None:
+        """One line: the first error (and how many more), else the missing paths."""
+        if self.errors:
+            more = len(self.errors) - 1 + len(self.missing)
+            return self.errors[0] + (f" (and {more} more problem{'s' * (more > 1)})" * (more > 0))
+        if self.missing:
+            first = self.missing[0]
+            more = len(self.missing) - 1
+            also = f", and {more} more missing path{'s' * (more > 1)}" if more else ""
+            return (
+                f"{first.kind} {first.path} does not exist ({first.field}{also}); edit the "
+                "paths in the config (--dry-run lists every missing one)"
+            )
+        return None
+
+
+def check_study(config: StudyConfig, out: str | os.PathLike[str] | None = None) -> None:
+    """Raise one ``MergeError`` line for the first problem that would stop ``config``
+    (into ``out``) on this machine; see the module doc. Creates and trains nothing."""
+    found = inspect_study(config, out, device=True)
+    message = found.error_message()
+    if message is not None:
+        raise MergeError(message)
+
+
+def check_dry_run(
+    config: StudyConfig, out: str | os.PathLike[str] | None = None
+) -> list[MissingPath]:
+    """:func:`check_study` for a dry run: the same errors, except that missing dataset and
+    checkpoint paths are returned (to print as a warning) and the device is not checked."""
+    found = inspect_study(config, out, device=False)
+    if found.errors:
+        raise MergeError(StudyCheck(errors=found.errors).error_message())
+    return found.missing
+
+
+def missing_warning(missing: Sequence[MissingPath]) -> str:
+    """The dry run's warning about ``missing`` paths, one per line."""
+    n = len(missing)
+    lines = [
+        f"Missing on this machine ({n} path{'s' * (n > 1)}; the dry run above needs none, "
+        "but a real run stops on them: edit the paths before a real run):"
+    ]
+    return "\n".join(lines + [f"  - {m}" for m in missing])
+
+
+def inspect_study(
+    config: StudyConfig, out: str | os.PathLike[str] | None = None, *, device: bool = True
+) -> StudyCheck:
+    """Every problem of ``config`` (see the module doc), without raising."""
+    checker = _Checker(config)
+    try:  # a config changed with model_copy(update=...) was not validated again
+        StudyConfig.model_validate(config.model_dump(exclude_unset=True))
+    except ValidationError as exc:
+        for err in exc.errors():
+            checker.error(_field(*err["loc"]) or "study config", _pydantic_message(err, None))
+    checker.archs()
+    checker.datasets()
+    checker.recipes()
+    checker.templates()
+    if out is not None:
+        checker.out(Path(out))
+    if device:
+        checker.device()
+    return StudyCheck(errors=checker.errors, missing=list(checker.missing.values()))
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _field(*parts: str | int) -> str:
+    """``("cross_task", "pairs", 0, 1)`` -> ``cross_task.pairs[0][1]``."""
+    text = ""
+    for part in parts:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+def _suggest(name: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def arch_problem(arch: str) -> str | None:
+    """Why ``arch`` names no model :func:`mergelab.models.build_model` can build, or None.
+
+    Resolves names only (torchvision's list, ``timm.is_model``); builds nothing."""
+    from mergelab.models.builtin import BUILTINS
+
+    prefix, sep, name = arch.partition(":")
+    if sep:
+        if prefix in ("tv", "torchvision"):
+            from mergelab.models.registry import torchvision_classifiers
+
+            known = torchvision_classifiers()
+            if name in known:
+                return None
+            return f"unknown torchvision classifier {name!r}{_suggest(name, known)}"
+        if prefix == "timm":
+            try:
+                import timm
+            except ImportError:
+                return "timm models need timm: pip install 'mergelab[models]'"
+            if timm.is_model(name):
+                return None
+            return f"unknown timm model {name!r} (see timm.list_models())"
+        return f"unknown model source {prefix!r} in {arch!r}; use 'tv:' or 'timm:'"
+    if arch in BUILTINS:
+        return None
+    from mergelab.models.registry import torchvision_classifiers
+
+    if arch in torchvision_classifiers():
+        return None
+    try:
+        import timm
+
+        if timm.is_model(arch):
+            return None
+    except ImportError:
+        pass
+    return (
+        f"unknown architecture {arch!r}{_suggest(arch, BUILTINS)} (built-ins: "
+        f"{', '.join(BUILTINS)}; others: 'tv:<torchvision name>' or 'timm:<timm name>')"
+    )
+
+
+def _pydantic_message(err: dict[str, Any], model: type[BaseModel] | None) -> str:
+    if err["type"] == "extra_forbidden":
+        key = str(err["loc"][-1])
+        known = [] if model is None else list(model.model_fields)
+        if model is not None and model.__name__ == "IngredientRecipe":
+            known = [k for k in known if k not in _SET_BY_STUDY] + list(_INPUT_FIELDS)
+        hint = _suggest(key, known) or (f" (known: {', '.join(known)})" if known else "")
+        return f"unknown field{hint}"
+    msg = str(err["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        msg = msg.removeprefix(prefix)
+    return msg
+
+
+class _Checker:
+    def __init__(self, config: StudyConfig) -> None:
+        self.config = config
+        self.errors: list[str] = []
+        self.missing: dict[str, MissingPath] = {}
+        self._arch_problems: dict[str, str | None] = {}
+
+    def error(self, where: str, message: str) -> None:
+        """Record one line (the first problem of each field only)."""
+        if not any(e.startswith(f"{where}: ") for e in self.errors):
+            self.errors.append(f"{where}: {message}")
+
+    def lost(self, path: str, where: str, kind: str) -> None:
+        self.missing.setdefault(path, MissingPath(path, where, kind))
+
+    # -- archs ---------------------------------------------------------------------------
+
+    def arch_fields(self) -> list[tuple[str, str]]:
+        """(arch, field) of every arch the studies will build."""
+        cfg = self.config
+        out = [(a, _field("archs", i)) for i, a in enumerate(cfg.archs)]
+        out += [(a, _field("independent", "archs", i)) for i, a in enumerate(cfg.independent.archs)]
+        if cfg.templates.enabled:
+            out.append((cfg.templates.arch, "templates.arch"))
+        if cfg.cross_task.pairs:
+            out.append((cfg.cross_task.arch, "cross_task.arch"))
+        if cfg.magnitude.enabled:
+            out += [(a, _field("magnitude", "targets", i, 1)) for i, (_, a) in self.targets()]
+        return out
+
+    def targets(self) -> list[tuple[int, tuple[str, str]]]:
+        return list(enumerate(self.config.magnitude.targets))
+
+    def archs(self) -> None:
+        for arch, where in self.arch_fields():
+            if arch not in self._arch_problems:
+                self._arch_problems[arch] = arch_problem(arch)
+            problem = self._arch_problems[arch]
+            if problem is not None:
+                self.error(where, problem)
+
+    # -- datasets ------------------------------------------------------------------------
+
+    def datasets(self) -> None:
+        cfg = self.config
+        for i, spec in enumerate(cfg.datasets):
+            self.dataset(spec, _field("datasets", i))
+        if cfg.independent.archs:
+            for i, spec in enumerate(cfg.independent.datasets or []):
+                self.dataset(spec, _field("independent", "datasets", i))
+        for i, pair in enumerate(cfg.cross_task.pairs):
+            for j, spec in enumerate(pair):
+                self.dataset(spec, _field("cross_task", "pairs", i, j))
+        if cfg.magnitude.enabled:
+            for i, (spec, _) in self.targets():
+                self.dataset(spec, _field("magnitude", "targets", i, 0))
+
+    def dataset(self, spec: str, where: str) -> None:
+        """A spec names a known dataset, with a path where it needs one, that exists."""
+        from mergelab.data import registry
+        from mergelab.data.errors import DatasetError
+        from mergelab.data.subset import parse_classes, split_subset
+
+        try:
+            base, subset = split_subset(spec)
+            if subset is not None:
+                parse_classes(subset, spec=spec)
+            name, rest = registry.parse_spec(base)
+        except DatasetError as exc:
+            self.error(where, str(exc))
+            return
+        entry = registry.DATASETS.get(name)
+        if entry is None:
+            known = registry.known_datasets()
+            self.error(
+                where,
+                f"unknown dataset {name!r}{_suggest(name, known)} (known: {', '.join(known)})",
+            )
+            return
+        if not entry.needs_path:
+            if rest is not None:
+                self.error(where, f"{name} is built in and takes no path (got {rest!r})")
+            return
+        if rest is None:
+            self.error(where, f"{name} needs a path: {entry.help}")
+            return
+        path = rest
+        if name == "celeba":
+            path, _ = registry._split_celeba_attribute(rest, None)
+        if not Path(path).expanduser().exists():
+            self.lost(path, where, "dataset")
+
+    # -- recipes -------------------------------------------------------------------------
+
+    def sections(self) -> list[tuple[str, dict[str, Any]]]:
+        cfg = self.config
+        out = [("training", cfg.training)]
+        out += [(_field("dataset_training", k), v) for k, v in cfg.dataset_training.items()]
+        out += [(_field("arch_training", k), v) for k, v in cfg.arch_training.items()]
+        return out
+
+    def recipes(self) -> None:
+        from mergelab.studies.registry import STUDIES
+
+        reserved = False
+        for name, section in self.sections():
+            for key in section:
+                if key in _SET_BY_STUDY:
+                    reserved = True
+                    self.error(
+                        f"{name}.{key}",
+                        f"set by the study ({_SET_BY_STUDY[key]}), not a training field",
+                    )
+        if reserved:
+            return  # the recipes cannot be built (the field is given twice)
+        ctx = _RecipeContext(self.config, Path(os.devnull) / "never-created", checker=self)
+        for study in STUDIES.values():
+            before = len(self.errors)
+            try:
+                study.needed_recipes(ctx)
+            except Exception as exc:  # a failed recipe (None) the listing used, or a defect
+                if len(self.errors) == before:
+                    self.error(f"study {study.name}", f"its recipes cannot be listed ({exc})")
+        for recipe, dataset, arch, mode in ctx.built:
+            if recipe.init is not None:
+                self.init(recipe.init, self.origin(arch, dataset, mode, ("init",))[0])
+            if recipe.source is not None and recipe.init is None:
+                self.dataset(recipe.source, self.origin(arch, dataset, mode, ("source",))[0])
+
+    def init(self, init: str, where: str) -> None:
+        from mergelab.train.config import is_config_hash
+
+        if is_config_hash(init):
+            return  # another run of the cache (trained by then, or the run says so)
+        path = Path(init).expanduser()
+        if path.is_dir():
+            self.error(where, f"{init} is a folder; init is a checkpoint file")
+        elif not path.is_file():
+            self.lost(init, where, "checkpoint")
+
+    def origin(
+        self, arch: str, dataset: str, mode: str, loc: Sequence[str | int]
+    ) -> tuple[str, bool]:
+        """The config field that gave a recipe of ``arch`` on ``dataset`` its value at
+        ``loc`` (the section that wins the merge), e.g. ``arch_training.vit.train.lr``,
+        and whether that one value is at fault (False: a section merged from several,
+        or the recipe as a whole)."""
+        cfg = self.config
+        candidates: list[tuple[str, Any]] = []
+        if mode == "independent":
+            candidates.append(("independent", {"train": cfg.independent.train}))
+        candidates += [
+            (_field("arch_training", arch), cfg.arch_training.get(arch, {})),
+            (_field("dataset_training", dataset), cfg.dataset_training.get(dataset, {})),
+            ("training", cfg.training),
+        ]
+        # Fields passed on by a study (cross_task: A's start for B) come from a section
+        # of another dataset of the same arch.
+        candidates += [(_field("dataset_training", k), v) for k, v in cfg.dataset_training.items()]
+        for depth in range(len(loc), 0, -1):
+            for name, section in candidates:
+                if _has(section, loc[:depth]):
+                    exact = depth == len(loc) and not isinstance(_get(section, loc), dict)
+                    return _field(name, *loc), exact
+        sections = candidates[:4] if mode == "independent" else candidates[:3]
+        contributing = [n for n, s in sections if s and s != {"train": {}}]
+        return " + ".join(contributing) or "training", False
+
+    def recipe_error(
+        self, exc: ValidationError, dataset: str, arch: str, mode: str, model: type[BaseModel]
+    ) -> None:
+        from mergelab.train.config import TrainSettings
+
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            nested = len(loc) > 1 and loc[0] in ("train", "pretrain")
+            level = TrainSettings if nested else model
+            message = _pydantic_message(err, level)
+            where, exact = self.origin(arch, dataset, mode, loc)
+            if not loc:  # the recipe as a whole: name the fields its message names
+                named = [f for f in _named_fields(message) if f in model.model_fields]
+                if named:
+                    wheres = [self.origin(arch, dataset, mode, (f,))[0] for f in named]
+                    where = " + ".join(dict.fromkeys(wheres))
+            if err["type"] == "extra_forbidden" or exact:
+                self.error(where, message)
+            else:
+                self.error(where, f"{message} (the merged fields of {arch} on {dataset})")
+
+    # -- templates -----------------------------------------------------------------------
+
+    def templates(self) -> None:
+        """``templates.arch`` must be a linear classifier on the flattened image (its head
+        rows are the templates); checked on the small built-ins, built on ``meta``."""
+        spec = self.config.templates
+        if not spec.enabled or self._arch_problems.get(spec.arch) is not None:
+            return
+        from mergelab.models.builtin import BUILTINS
+
+        why = "its head does not read the flattened image"
+        if spec.arch in BUILTINS:
+            import torch
+            from torch import nn
+
+            try:
+                with torch.device("meta"):
+                    model = BUILTINS[spec.arch](2, 1, 8)
+                head = getattr(model, "head", None)
+                if isinstance(head, nn.Linear) and head.in_features == 64:
+                    return
+            except Exception:  # a model that cannot take that input is no linear one
+                pass
+        self.error(
+            "templates.arch",
+            f"{spec.arch!r} is no linear classifier on raw pixels ({why}); use linear, or "
+            "templates: {enabled: false}",
+        )
+
+    # -- the machine ---------------------------------------------------------------------
+
+    def out(self, out: Path) -> None:
+        path = out.expanduser()
+        if path.exists():
+            if not path.is_dir():
+                self.error(f"output folder {out}", "is a file, not a folder")
+            elif not os.access(path, os.W_OK | os.X_OK):
+                self.error(f"output folder {out}", "not writable")
+            return
+        for parent in path.absolute().parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    self.error(f"output folder {out}", f"{parent} is a file, not a folder")
+                elif not os.access(parent, os.W_OK | os.X_OK):
+                    self.error(f"output folder {out}", f"cannot be created in {parent}")
+                return
+
+    def device(self) -> None:
+        device = self.config.device
+        if device is None:
+            return
+        import torch
+
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, ValueError) as exc:
+            self.error("device", f"{device!r} is not a torch device ({exc})")
+            return
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            self.error(
+                "device",
+                f"{device!r}, but torch sees no CUDA device here (set device: null for "
+                "the CPU, or run on a GPU machine)",
+            )
+
+
+def _named_fields(message: str) -> list[str]:
+    """Field names a recipe-level message names: quoted (``'init'``) or leading."""
+    words = re.findall(r"'(\w+)'", message)
+    first = re.match(r"(\w+) ", message)
+    return list(dict.fromkeys(([first.group(1)] if first else []) + words))
+
+
+def _get(section: Any, loc: Sequence[str | int]) -> Any:
+    for part in loc:
+        section = section[part]
+    return section
+
+
+def _has(section: Any, loc: Sequence[str | int]) -> bool:
+    value = section
+    for part in loc:
+        in_list = isinstance(value, list | tuple) and isinstance(part, int) and part < len(value)
+        if not (in_list or (isinstance(value, dict) and part in value)):
+            return False
+        value = value[part]
+    return True
+
+
+class _RecipeContext(StudyContext):
+    """A context that only builds recipes: each failure goes to the checker (and None to
+    the study listing its recipes, so the others are checked too), each success is
+    recorded."""
+
+    def __init__(self, config: StudyConfig, out: Path, *, checker: _Checker) -> None:
+        super().__init__(config, out, progress=False)
+        self.checker = checker
+        self.built: list[tuple[IngredientRecipe, str, str, str]] = []
+
+    def recipe(
+        self, dataset: str, arch: str, *, seed: int, mode: str = "shared", **kwargs: Any
+    ) -> IngredientRecipe:
+        try:
+            recipe = super().recipe(dataset, arch, seed=seed, mode=mode, **kwargs)
+        except ValidationError as exc:
+            self.checker.recipe_error(exc, dataset, arch, mode, IngredientRecipe)
+            return None  # type: ignore[return-value]  # the studies only list recipes
+        self.built.append((recipe, dataset, arch, mode))
+        return recipe
