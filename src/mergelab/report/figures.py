@@ -43,7 +43,17 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullFormatter, ScalarFormatter
 
 from mergelab.report._io import atomic_write_bytes
-from mergelab.report.frames import Results, is_fraction, methods_in, slug, varying
+from mergelab.report.frames import (
+    Results,
+    at_largest_n,
+    constant_keys,
+    experiment_label,
+    is_fraction,
+    methods_in,
+    short_number,
+    slug,
+    varying,
+)
 from mergelab.report.tables import primary_magnitude
 from mergelab.report.uncertainty import LEVEL, Unit, pooled_interval
 from mergelab.studies.registry import (
@@ -285,62 +295,18 @@ def _fig_legend(fig: Figure, axes: Iterable[Axes], extra: Sequence[Axes] = ()) -
         fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), per_row))
 
 
-def _num(v: object) -> str:
-    """A number as short text: 10.0 -> "10", 0.5 -> "0.5", NaN -> "?"."""
-    try:
-        f = float(v)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return str(v)
-    return f"{f:g}" if np.isfinite(f) else "?"
-
-
-def _value_label(col: str, v: object) -> str:
-    """How a key column's value reads in a label or title."""
-    if col == "n_models":
-        return f"N={_num(v)}"
-    if col == "seed":
-        return f"seed {_num(v)}"
-    if col == "magnitude":
-        return f"c={_num(v)}"
-    text = "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
-    if col == "init":
-        return f"{text or '?'} init"
-    if col == "other_dataset":
-        return f"B={text or '?'}"
-    if col in ("scaled", "tensors", "bn", "dataset", "arch") and not text:
-        return f"{col}=?"
-    if col in ("scaled", "tensors", "bn"):
-        return f"{col}={text}"
-    return text
-
-
-def _label(key: Mapping[str, object], cols: Iterable[str], sep: str = " / ") -> str:
-    return sep.join(_value_label(c, key[c]) for c in cols)
-
-
 def _headline(main: str, constant: str, width_in: float, fontsize: float = 10.0) -> str:
     """A title: ``main``, then the constant key values on a line of their own."""
     return _wrap(main + (f"\n({constant})" if constant else ""), width_in, fontsize)
 
 
-def _constant(df: pd.DataFrame, cols: Iterable[str]) -> str:
-    """Title text such as "shared init, seed 0": the columns with a single known value."""
-    out = []
-    for c in cols:
-        if c in df.columns and len(df) and df[c].nunique(dropna=False) == 1:
-            v = df[c].iloc[0]
-            if not (pd.isna(v) or str(v) == ""):
-                out.append(_value_label(c, v))
-    return ", ".join(out)
-
-
 def _file_part(col: str, v: object) -> str:
     if col == "n_models":
-        return f"n{_num(v)}"
+        return f"n{short_number(v)}"
     if col == "seed":
-        return f"seed{_num(v)}"
+        return f"seed{short_number(v)}"
     if col == "magnitude":
-        return f"c{_num(v)}"
+        return f"c{short_number(v)}"
     if col in ("scaled", "tensors", "bn"):
         return f"{col}-{v}"
     return str(v)
@@ -389,13 +355,6 @@ def _ordered(values: Iterable[object], order: Sequence[str]) -> list[object]:
     )
 
 
-def _at_largest_n(t: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
-    """Each experiment (all keys but ``n_models``) at its largest N."""
-    others = [k for k in keys if k != "n_models"]
-    largest = t.groupby(others, dropna=False)["n_models"].transform("max")
-    return t[t["n_models"] == largest]
-
-
 def _present(t: pd.DataFrame, study: Any, skip: Iterable[str] = ("Individual",)) -> list[str]:
     """The method columns of a wide table that hold a number."""
     return [m for m in methods_in(t, study) if m not in set(skip) and t[m].notna().any()]
@@ -418,7 +377,7 @@ def _bars(ax: Axes, t: pd.DataFrame, methods: Sequence[str], k: float) -> None:
 
 def _int_ticks(ax: Axes, values: Iterable[float]) -> None:
     ticks = sorted({float(v) for v in values if np.isfinite(v)})
-    ax.set_xticks(ticks, [_num(v) for v in ticks])
+    ax.set_xticks(ticks, [short_number(v) for v in ticks])
 
 
 # -- ingredients -------------------------------------------------------------------------
@@ -463,12 +422,12 @@ def fig_ingredients(results: Results | pd.DataFrame, out_dir: Path) -> list[Path
                         fontsize=7,
                     )
             ax.margins(x=0.1, y=0.18)
-            ax.set_xticks(range(len(exps)), [_label(key, shown, "\n") for key, _ in exps])
+            ax.set_xticks(range(len(exps)), [experiment_label(key, shown, "\n") for key, _ in exps])
             ax.grid(axis="x", visible=False)
             ax.set_ylabel(f"test {_metric_label(['accuracy'], k == 100.0)}")
             main = f"{dataset}: the ingredients' test accuracy"
             ax.set_title(
-                _headline(main, _constant(g, [c for c in per if c not in shown]), width, 9.0)
+                _headline(main, constant_keys(g, [c for c in per if c not in shown]), width, 9.0)
                 + "\ndots: models; line: mean; %: pairwise disagreement"
             )
             paths.append(
@@ -492,7 +451,7 @@ def fig_wvf_bars(results: Results | pd.DataFrame, out_dir: Path) -> list[Path]:
     t = results.wide(WVF)
     if t.empty:
         return []
-    t = _at_largest_n(t, WVF.keys)
+    t = at_largest_n(t, WVF.keys)
     per = ["dataset", "init", "seed"]
     paths = []
     for (arch,), ta in t.groupby(["arch"], sort=True):
@@ -508,9 +467,11 @@ def fig_wvf_bars(results: Results | pd.DataFrame, out_dir: Path) -> list[Path]:
             ax = axes[0, 0]
             _bars(ax, ta, methods, k)
             _bar_floor(ax, ta[methods].to_numpy(float) * k)
-            ax.set_xticks(range(len(ta)), [_label(r, shown, "\n") for _, r in ta.iterrows()])
+            ax.set_xticks(
+                range(len(ta)), [experiment_label(r, shown, "\n") for _, r in ta.iterrows()]
+            )
             ax.set_ylabel(f"test {_metric_label(ta['metric'], k == 100.0)}")
-            constant = _constant(ta, ["init", "seed"])
+            constant = constant_keys(ta, ["init", "seed"])
             title = f"{arch}: weight averaging vs feature averaging at each experiment's largest N"
             fig.suptitle(_headline(title, constant, width))
             _legend_right(ax)
@@ -547,9 +508,9 @@ def fig_wvf_vs_n(results: Results | pd.DataFrame, out_dir: Path) -> list[Path]:
                 _int_ticks(ax, g["n_models"])
                 ax.set_xlabel("number of models N")
                 ax.set_ylabel(f"test {_metric_label(g['metric'], k == 100.0)}")
-                ax.set_title(_label(key, shown))
+                ax.set_title(experiment_label(key, shown))
             _hide_unused(axes, len(panels))
-            constant = _constant(ta, ["init", "seed"])
+            constant = constant_keys(ta, ["init", "seed"])
             title = f"{arch}: test {_metric_label(ta['metric'], False)} against N"
             fig.suptitle(_headline(title, constant, 3.5 * nc))
             _fig_legend(fig, fig.axes)
@@ -607,7 +568,7 @@ def fig_wvf_gap(results: Results | pd.DataFrame, out_dir: Path) -> list[Path]:
     k = _scale(Results.of_rows(results).wide(WVF)[["Ens Logits", "Uniform Soup"]])
     panels = list(_groups(gap, ["init", "dataset"]))
     archs = list(dict.fromkeys(gap["arch"]))
-    seeds = list(dict.fromkeys(_num(s) for s in gap["seed"]))
+    seeds = list(dict.fromkeys(short_number(s) for s in gap["seed"]))
     with_ci = bool(gap["low"].notna().any())
     nr, nc = _grid(len(panels), max_cols=2)
     with _figure(nr, nc, size=(4.4 * nc + 1.6, 3.0 * nr + 0.8)) as (fig, axes):
@@ -619,11 +580,13 @@ def fig_wvf_gap(results: Results | pd.DataFrame, out_dir: Path) -> list[Path]:
                 color = _SERIES_COLORS[archs.index(key["arch"]) % len(_SERIES_COLORS)]
                 x = g["n_models"].to_numpy(float) + (i - (len(lines) - 1) / 2) * dodge
                 y = g["gap"].to_numpy(float) * k
-                label = str(key["arch"]) + (f", seed {_num(key['seed'])}" if len(seeds) > 1 else "")
+                label = str(key["arch"]) + (
+                    f", seed {short_number(key['seed'])}" if len(seeds) > 1 else ""
+                )
                 ax.plot(
                     x,
                     y,
-                    marker=_MARKERS[seeds.index(_num(key["seed"])) % len(_MARKERS)],
+                    marker=_MARKERS[seeds.index(short_number(key["seed"])) % len(_MARKERS)],
                     color=color,
                     label=label,
                 )
@@ -677,12 +640,14 @@ def fig_cross_task(results: Results | pd.DataFrame, out_dir: Path) -> list[Path]
             w = t[t["arch"] == arch].sort_values(["dataset", "other_dataset", "seed"])
             _bars(ax, w, methods, k)
             labels = [
-                "\n".join(["A=" + str(r["dataset"]), *_label(r, shown[1:], "\n").split("\n")])
+                "\n".join(
+                    ["A=" + str(r["dataset"]), *experiment_label(r, shown[1:], "\n").split("\n")]
+                )
                 for _, r in w.iterrows()
             ]
             ax.set_xticks(range(len(w)), labels)
             ax.set_ylabel(f"test {_metric_label(w['metric'], k == 100.0)} on A")
-            constant = _constant(w, ["seed"])
+            constant = constant_keys(w, ["seed"])
             ax.set_title(
                 f"{arch}: merging models of different tasks (A's head)"
                 + (f", {constant}" if constant else "")
@@ -746,7 +711,7 @@ def fig_magnitude(results: Results | pd.DataFrame, out_dir: Path) -> list[Path]:
                     ax.set_xlabel("scaling factor c")
                     if c == 0 or (s, bns[c - 1]) not in combos:
                         ax.set_ylabel(f"test {_metric_label(p['metric'], k == 100.0)}")
-                    ax.set_title(f"scaled={s}, bn={b}, N={_num(n)}")
+                    ax.set_title(f"scaled={s}, bn={b}, N={short_number(n)}")
                     if show_nf:
                         q = _match(gnf, {"scaled": s, "bn": b, "n_models": n})
                         q = q.sort_values("magnitude")
@@ -767,7 +732,7 @@ def fig_magnitude(results: Results | pd.DataFrame, out_dir: Path) -> list[Path]:
                         tw.tick_params(axis="y", colors=_NONFINITE_COLOR, labelsize=7)
                         if c == nc - 1 or (s, bns[c + 1]) not in combos:
                             tw.set_ylabel("non-finite (%)", color=_NONFINITE_COLOR)
-            constant = _constant(g, ["init", "seed", "tensors"])
+            constant = constant_keys(g, ["init", "seed", "tensors"])
             title = f"{key['dataset']} / {key['arch']}: parameters scaled by c"
             fig.suptitle(_headline(title, constant, width))
             _fig_legend(fig, [ax for ax in fig.axes if ax not in twins], twins[:1])
@@ -808,16 +773,16 @@ def fig_magnitude_gap(results: Results | pd.DataFrame, out_dir: Path) -> list[Pa
                     c["gap"],
                     "o-",
                     markersize=3,
-                    label=f"N={_num(n)}",
+                    label=f"N={short_number(n)}",
                     color=colors.get(n, "black"),
                 )
             ax.axhline(0.0, color="black", linewidth=0.8)
             _log_x(ax, g["magnitude"], width / nc - 1.0)
             ax.set_xlabel("scaling factor c")
             ax.set_ylabel("Ens Logits − Uniform Soup" + (" (points)" if k == 100.0 else ""))
-            ax.set_title(_label(key, shown))
+            ax.set_title(experiment_label(key, shown))
         _hide_unused(axes, len(panels))
-        constant = _constant(t, ["init", "seed"])
+        constant = constant_keys(t, ["init", "seed"])
         protocol = "every model and tensor scaled" + (f", {constant}" if constant else "")
         fig.suptitle(_headline("Ens Logits − Uniform Soup against c", protocol, width))
         _fig_legend(fig, fig.axes)
@@ -873,7 +838,7 @@ def fig_magnitude_batches(results: Results | pd.DataFrame, out_dir: Path) -> lis
                             s=11,
                             alpha=0.75,
                             color=colors[f],
-                            label=f"c={_num(f)}",
+                            label=f"c={short_number(f)}",
                         )
                 ax.plot(
                     [lo - pad, hi + pad],
@@ -887,10 +852,12 @@ def fig_magnitude_batches(results: Results | pd.DataFrame, out_dir: Path) -> lis
                 ax.set_aspect("equal")
                 ax.set_xlabel(f"Ens Logits batch accuracy{unit}")
                 ax.set_ylabel(f"Uniform Soup batch accuracy{unit}")
-                ax.set_title(f"N={_num(n)}")
+                ax.set_title(f"N={short_number(n)}")
             _hide_unused(axes, len(ns))
             title = f"{key['dataset']} / {key['arch']}: class-mixed test batches\n"
-            title += _label(key, [c for c in file_keys if c not in ("dataset", "arch")], ", ")
+            title += experiment_label(
+                key, [c for c in file_keys if c not in ("dataset", "arch")], ", "
+            )
             fig.suptitle(_wrap(title, width))
             _fig_legend(fig, fig.axes)
             name = _stem("magnitude_batches", key, ["dataset", "arch"], file_keys[2:], wide)
@@ -957,7 +924,7 @@ def fig_weight_stats(results: Results | pd.DataFrame, out_dir: Path) -> list[Pat
                 ax.set_xlabel(f"{what}: mean of the models")
                 ax.set_ylabel(f"{what}: their average")
                 ax.set_title(f"{what} per tensor")
-            fig.suptitle(f"Weight statistics: {_label(key, keys)} averaged")
+            fig.suptitle(f"Weight statistics: {experiment_label(key, keys)} averaged")
             _fig_legend(fig, fig.axes)
             name = _stem("weight_stats", key, ["dataset", "arch"], ["init", "seed"], ws)
             paths.append(
@@ -1020,7 +987,7 @@ def fig_template_correlation(results: Results | pd.DataFrame, out_dir: Path) -> 
                     )
         ax.axhline(0.0, color="black", linewidth=0.8)
         ax.margins(y=0.12)
-        ax.set_xticks(range(len(groups)), [_label(key, shown, "\n") for key, _ in groups])
+        ax.set_xticks(range(len(groups)), [experiment_label(key, shown, "\n") for key, _ in groups])
         ax.set_ylabel("correlation with class mean")
         ax.set_title(
             "Weights as templates\nbar: median over classes; dots: classes; %: classes identified"

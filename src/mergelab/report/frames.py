@@ -26,9 +26,14 @@ __all__ = [
     "METHOD_ORDER",
     "PRIMARY_METRICS",
     "Results",
+    "at_largest_n",
+    "constant_keys",
+    "experiment_label",
     "is_fraction",
+    "key_value_label",
     "normalize_rows",
     "order_methods",
+    "short_number",
     "slug",
     "varying",
 ]
@@ -221,3 +226,59 @@ def methods_in(table: pd.DataFrame, study: Study) -> list[str]:
     """The method columns of a :meth:`Results.wide` table."""
     index = {*study.keys, "metric", "split"}
     return order_methods(c for c in table.columns if c not in index)
+
+
+# -- labels of experiments ----------------------------------------------------------------
+
+
+def short_number(v: object) -> str:
+    """A number as short text: 10.0 -> "10", 0.5 -> "0.5", NaN -> "?"."""
+    try:
+        f = float(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return str(v)
+    return f"{f:g}" if np.isfinite(f) else "?"
+
+
+def key_value_label(col: str, v: object) -> str:
+    """How a key column's value reads in a label or title ("N=10", "seed 0", "shared
+    init", "bn=batch", "c=150", a dataset or arch name)."""
+    if col == "n_models":
+        return f"N={short_number(v)}"
+    if col == "seed":
+        return f"seed {short_number(v)}"
+    if col == "magnitude":
+        return f"c={short_number(v)}"
+    text = "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
+    if col == "init":
+        return f"{text or '?'} init"
+    if col == "other_dataset":
+        return f"B={text or '?'}"
+    if col in ("scaled", "tensors", "bn", "dataset", "arch") and not text:
+        return f"{col}=?"
+    if col in ("scaled", "tensors", "bn"):
+        return f"{col}={text}"
+    return text
+
+
+def experiment_label(key: Mapping[str, object], cols: Iterable[str], sep: str = " / ") -> str:
+    """The values of ``cols`` in ``key`` (a row or a mapping) as one label."""
+    return sep.join(key_value_label(c, key[c]) for c in cols)
+
+
+def constant_keys(df: pd.DataFrame, cols: Iterable[str]) -> str:
+    """Title text such as "shared init, seed 0": the columns with a single known value."""
+    out = []
+    for c in cols:
+        if c in df.columns and len(df) and df[c].nunique(dropna=False) == 1:
+            v = df[c].iloc[0]
+            if not (pd.isna(v) or str(v) == ""):
+                out.append(key_value_label(c, v))
+    return ", ".join(out)
+
+
+def at_largest_n(t: pd.DataFrame, keys: Iterable[str]) -> pd.DataFrame:
+    """Each experiment (all keys but ``n_models``) at its largest N."""
+    others = [k for k in keys if k != "n_models"]
+    largest = t.groupby(others, dropna=False)["n_models"].transform("max")
+    return t[t["n_models"] == largest]

@@ -15,6 +15,9 @@ import pandas as pd
 
 from mergelab.report.frames import (
     Results,
+    at_largest_n,
+    constant_keys,
+    experiment_label,
     is_fraction,
     methods_in,
     order_methods,
@@ -59,43 +62,6 @@ def _metric_name(metrics: object) -> str:
         " / ".join(dict.fromkeys(names.get(m, m) for m in pd.unique(pd.Series(metrics))))
         or "metric"
     )
-
-
-def _label(row: pd.Series, columns: list[str]) -> str:
-    parts = []
-    for c in columns:
-        v = row[c]
-        if c == "n_models":
-            parts.append("N=?" if pd.isna(v) else f"N={int(v)}")
-        elif c == "seed":
-            parts.append("seed ?" if pd.isna(v) else f"seed {int(v)}")
-        elif c == "magnitude":
-            parts.append(f"x{float(v):g}")
-        else:
-            parts.append(str(v))
-    return " / ".join(parts)
-
-
-def _constant(df: pd.DataFrame, columns: list[str]) -> str:
-    """ "init=shared, seed 0": the key columns with a single value, for a title."""
-    out = []
-    for c in columns:
-        if (
-            c in df.columns
-            and df[c].nunique(dropna=False) == 1
-            and str(df[c].iloc[0]) not in ("", "nan")
-        ):
-            v = df[c].iloc[0]
-            out.append(
-                _label(df.iloc[0], [c]) if c in ("seed", "n_models", "magnitude") else f"{c}={v}"
-            )
-    return ", ".join(out)
-
-
-def _at_largest_n(t: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    others = [k for k in keys if k != "n_models"]
-    largest = t.groupby(others, dropna=False)["n_models"].transform("max")
-    return t[t["n_models"] == largest]
 
 
 # -- ingredients -------------------------------------------------------------------------
@@ -150,7 +116,7 @@ def ingredients_tables(results: Results) -> list[Table]:
         frame["L2 distance"] = pair["l2_distance"]
     frame = frame.reset_index()
     shown = varying(frame, keys) or keys[:2]
-    title_keys = _constant(frame, keys)
+    title_keys = constant_keys(frame, keys)
     frame = frame.set_index(shown).drop(columns=[k for k in keys if k not in shown])
     note = (
         "Test accuracy of each setting's N models, and of the shared start they were "
@@ -174,15 +140,15 @@ def wvf_tables(results: Results) -> list[Table]:
         return []
     keys = list(WVF.keys)
     out = []
-    largest = _at_largest_n(t, keys)
+    largest = at_largest_n(t, keys)
     methods = methods_in(largest, WVF)
     labels = varying(largest, keys) or ["dataset", "arch"]
-    wide = largest.set_index(largest.apply(_label, axis=1, args=(labels,)))[methods].T
+    wide = largest.set_index(largest.apply(experiment_label, axis=1, args=(labels,)))[methods].T
     wide, unit = _percent(wide.dropna(how="all"))
     diversity = _diversity(results, largest, labels)
     if diversity is not None:
         wide.loc["(ingredients' disagreement)"] = diversity.reindex(wide.columns).to_numpy()
-    extra = _constant(largest, [k for k in keys if k not in labels])
+    extra = constant_keys(largest, [k for k in keys if k not in labels])
     out.append(
         Table(
             f"Test {_metric_name(largest['metric'])}{unit} at each setting's largest N"
@@ -198,17 +164,19 @@ def wvf_tables(results: Results) -> list[Table]:
         piv = g.set_index("n_models")[ms].T
         piv.columns = [f"N={int(n)}" for n in piv.columns]
         piv, unit = _percent(piv)
-        name = _label(g.iloc[0], [k for k in per if k in varying(t, per)] or ["dataset", "arch"])
+        name = experiment_label(
+            g.iloc[0], [k for k in per if k in varying(t, per)] or ["dataset", "arch"]
+        )
         out.append(Table(f"{name}: test {_metric_name(g['metric'])}{unit} by N", piv))
     calib = []
     for metric in ("nll", "ece"):
         c = results.wide(WVF, metric=metric)
         if c.empty:
             continue
-        c = _at_largest_n(c, keys)
+        c = at_largest_n(c, keys)
         ms = methods_in(c, WVF)
         lab = varying(c, keys) or ["dataset", "arch"]
-        c = c.set_index(c.apply(_label, axis=1, args=(lab,)))[ms].T
+        c = c.set_index(c.apply(experiment_label, axis=1, args=(lab,)))[ms].T
         c.columns = pd.MultiIndex.from_tuples([(col, metric) for col in c.columns])
         calib.append(c)
     if calib:
@@ -237,7 +205,7 @@ def _diversity(results: Results, largest: pd.DataFrame, labels: list[str]) -> pd
     merged = largest[list(WVF.keys)].merge(ing[[*keys, "value"]], on=keys, how="left")
     if merged["value"].isna().all():
         return None
-    index = merged.apply(_label, axis=1, args=(labels,))
+    index = merged.apply(experiment_label, axis=1, args=(labels,))
     return pd.Series(merged["value"].to_numpy() * 100.0, index=index)
 
 
@@ -313,7 +281,7 @@ def magnitude_tables(results: Results) -> list[Table]:
         if t.empty:
             continue
         keys = list(MAGNITUDE.keys)
-        t = _at_largest_n(t, [k for k in keys if k != "magnitude"] + ["magnitude"])
+        t = at_largest_n(t, [k for k in keys if k != "magnitude"] + ["magnitude"])
         per = [k for k in keys if k not in ("magnitude",)]
         for _, g in t.groupby(per, sort=True, dropna=False):
             ms = [m for m in methods_in(g, MAGNITUDE) if g[m].notna().any()]
@@ -325,8 +293,8 @@ def magnitude_tables(results: Results) -> list[Table]:
                 piv, unit = piv * 100.0, " (% of test examples with non-finite logits)"
             else:
                 piv, unit = _percent(piv)
-            head = _label(g.iloc[0], ["dataset", "arch", "n_models"])
-            rest = _constant(g, ["init", "seed", "bn"])
+            head = experiment_label(g.iloc[0], ["dataset", "arch", "n_models"])
+            rest = constant_keys(g, ["init", "seed", "bn"])
             what = "overflow" if metric == "nonfinite" else f"test {_metric_name(g['metric'])}"
             out.append(Table(f"{head}: {what}{unit} by factor (every model scaled; {rest})", piv))
     return out
@@ -411,7 +379,7 @@ def weight_stats_tables(results: Results) -> list[Table]:
         if len(frame) > 40:
             note += f" First 40 of {len(frame)} tensors; all are in results.csv."
             frame = frame.head(40)
-        title = _label(g.iloc[0], ["dataset", "arch", "init", "seed", "n_models"])
+        title = experiment_label(g.iloc[0], ["dataset", "arch", "init", "seed", "n_models"])
         out.append(Table(f"Weight statistics: {title}", frame, note, fmt="{:.4g}"))
     return out
 

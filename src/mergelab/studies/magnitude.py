@@ -35,6 +35,7 @@ from mergelab.analysis import scale_state_dict
 from mergelab.combine import average_heads, greedy_select, mean_arrays
 from mergelab.engine import merge_state_dicts
 from mergelab.evaluate import compute_metrics
+from mergelab.evaluate.metrics import nonfinite
 from mergelab.results import correct_examples
 from mergelab.studies.context import StudyContext
 from mergelab.studies.registry import MAGNITUDE, MAGNITUDE_BATCHES
@@ -267,8 +268,7 @@ def _sweep(ctx: StudyContext, r: _Runner, tensors: str, bn: str) -> list[dict[st
                     correct = correct_examples(z, truth["test"])
                     row = {**common, "method": method, "metric": "accuracy"}
                     rows.append(ctx.keep({**row, "value": float(correct.mean())}, correct))
-                    share = float((~np.isfinite(z).all(axis=1)).mean())
-                    rows.append({**row, "metric": "nonfinite", "value": share})
+                    rows.append({**row, "metric": "nonfinite", "value": nonfinite(z)})
                 each = np.mean([correct_examples(o[0], truth["test"]) for o in test], axis=0)
                 row = {**common, "method": "Perf Ave", "metric": "accuracy"}
                 rows.append(ctx.keep({**row, "value": float(each.mean())}, each.astype(np.float32)))

@@ -751,16 +751,9 @@ class _Planner:
     # -- evaluation, study by study -----------------------------------------------------
 
     def wvf_settings(self) -> list[tuple[str, str, str, int]]:
-        cfg = self.config
-        out = [(d, a, "shared", s) for s in cfg.seeds for d in cfg.datasets for a in cfg.archs]
-        indep = cfg.independent.datasets or cfg.datasets
-        out += [
-            (d, a, "independent", s)
-            for s in cfg.seeds
-            for d in indep
-            for a in cfg.independent.archs
-        ]
-        return out
+        from mergelab.studies.weights_vs_features import settings
+
+        return settings(self.ctx)
 
     def eval_ingredients(self, study: str) -> None:
         """Every ingredient once on val and once on test (outputs are cached on disk by
