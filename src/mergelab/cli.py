@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import re
+import signal
 import sys
+import threading
+import traceback
 from collections.abc import Sequence
 
-from mergelab.errors import MergeError
+from mergelab.errors import MergeError, MergelabError
 
 SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)\s*$", re.IGNORECASE)
 UNITS = {"": 1, "B": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
@@ -176,6 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mergelab",
         description="Combine trained networks: merge in weight space, ensemble in feature space.",
     )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="print the full traceback of an error (accepted anywhere on the line)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     from mergelab.compare_cli import add_compare_parser
     from mergelab.study_cli import add_study_parser
@@ -190,17 +198,63 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what ``timeout``, Slurm and Kubernetes send) unwinds like Ctrl-C, so every
+    staging file is removed on the way out."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+def _one_line(exc: OSError) -> str:
+    where = exc.filename if exc.filename is not None else ""
+    reason = exc.strerror or str(exc)
+    return f"{where}: {reason}" if where else reason
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Anticipated failures print one ``mergelab: error:`` line (status 2);
+    anything else prints a short message, and the traceback only with ``--debug``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = signal.getsignal(signal.SIGTERM)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    if in_main_thread:
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.run(args)
-    except MergeError as exc:
+    except MergelabError as exc:
+        if debug:
+            traceback.print_exc()
         print(f"mergelab: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("mergelab: terminated; no partial output was left behind", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
-        print("mergelab: interrupted; no output was written", file=sys.stderr)
+        print("mergelab: interrupted; no partial output was left behind", file=sys.stderr)
         return 130
+    except OSError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"mergelab: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # the last line of defence for the CLI
+        if debug:
+            traceback.print_exc()
+        print(
+            f"mergelab: error: unexpected {type(exc).__name__}: {exc} "
+            "(this is a bug; rerun with --debug for the traceback and report it)",
+            file=sys.stderr,
+        )
+        return 1
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

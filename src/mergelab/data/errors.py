@@ -1,11 +1,11 @@
-"""Dataset errors: subclasses of MergeError so the CLI prints them plainly."""
+"""Dataset errors: part of the MergelabError family so the CLI prints them plainly."""
 
 import pickle
 
-from mergelab.errors import MergeError
+from mergelab.errors import MergelabError
 
 
-class DatasetError(MergeError):
+class DatasetError(MergelabError):
     """A dataset could not be loaded or used as asked; the message says what to fix."""
 
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mergelab.errors import MergeError
+from mergelab.errors import MergeError, MergelabError
 from mergelab.train.config import TrainConfig, is_config_hash
 
 __all__ = [
@@ -49,7 +49,7 @@ _META_HASH = "mergelab.config_hash"
 _META_INIT = "mergelab.init"
 
 
-class TrainingError(MergeError):
+class TrainingError(MergelabError):
     """A run that cannot finish (diverged loss, empty data, missing start)."""
 
 
