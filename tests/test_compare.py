@@ -18,7 +18,7 @@ from mergelab.compare_cli import add_compare_parser
 from mergelab.data import DatasetSplits, load_dataset
 from mergelab.data.dataset import SplitPart, make_info
 from mergelab.data.sources import ArraySource
-from mergelab.errors import MergeError
+from mergelab.errors import MergelabError
 from mergelab.evaluate import Evaluator, ModelSource, Outputs
 from mergelab.evaluate.toy import train_toy_models
 from mergelab.models import build_model
@@ -146,7 +146,7 @@ def test_wrong_checkpoint_for_the_arch_is_the_load_weights_error(
 ) -> None:
     bad = tmp_path / "cnn.safetensors"
     save_file(build_model("cnn", 10, in_chans=1, img_size=8).state_dict(), str(bad))
-    with pytest.raises(MergeError) as err:
+    with pytest.raises(MergelabError) as err:
         _run(digits, [ckpts[0], bad], tmp_path / "cache")
     msg = str(err.value)
     assert "cnn.safetensors" in msg and "does not fit" in msg and "missing keys" in msg
@@ -237,18 +237,18 @@ def test_input_spec_follows_in_chans_and_img_size(digits: DatasetSplits, tmp_pat
     assert all("-c3s16n-" in p.name for p in tmp_path.iterdir())
     ones = report.frame[report.frame.method == "Individual"]
     assert ones["params"].iloc[0] == sum(p.numel() for p in model.parameters())
-    with pytest.raises(MergeError, match="does not fit"):  # native 1x8x8 input: wrong size
+    with pytest.raises(MergelabError, match="does not fit"):  # native 1x8x8 input: wrong size
         run_compare(
             [model.state_dict()], arch="mlp", data=digits, cache_dir=tmp_path, progress=False
         )
 
 
 def test_user_errors(digits: DatasetSplits, ckpts: list[Path], tmp_path: Path) -> None:
-    with pytest.raises(MergeError, match="num_classes=7"):
+    with pytest.raises(MergelabError, match="num_classes=7"):
         _run(digits, ckpts, tmp_path, num_classes=7)
-    with pytest.raises(MergeError, match="no such file"):
+    with pytest.raises(MergelabError, match="no such file"):
         _run(digits, [tmp_path / "missing.safetensors"], tmp_path)
-    with pytest.raises(MergeError, match="at least one model"):
+    with pytest.raises(MergelabError, match="at least one model"):
         _run(digits, [], tmp_path)
 
 
@@ -275,7 +275,7 @@ def test_cli_prints_a_table_and_the_files(
     bad = parser.parse_args(
         ["compare", "--arch", "mlp", "--data", "nosuchset", "--models", str(ckpts[0])]
     )
-    with pytest.raises(MergeError, match="unknown dataset"):
+    with pytest.raises(MergelabError, match="unknown dataset"):
         bad.run(bad)
 
 
