@@ -32,7 +32,7 @@ def recipe(method, models, base=None, **params) -> Recipe:
 
 
 def nothing_written(folder: Path, out: Path) -> bool:
-    return not out.exists() and not [p for p in folder.iterdir() if ".partial-" in p.name]
+    return not out.exists() and not [p for p in folder.iterdir() if "partial" in p.name]
 
 
 def test_mismatched_names_list_missing_and_extra_per_file(ckpts, write_st, tmp_path):
@@ -78,7 +78,7 @@ def test_missing_base_empty_list_and_unknown_method(ckpts, tmp_path):
 def test_invalid_parameters_are_named(ckpts, tmp_path):
     base, models = ckpts
     with pytest.raises(
-        MergeError, match=r"ties: invalid parameter of model 1: density: .*less than or equal to 1"
+        MergeError, match=r"ties: invalid parameter of .*m0.safetensors: density: .*less than or equal to 1"
     ):
         merge(recipe("ties", models, base, density=1.5), tmp_path / "o.safetensors")
     with pytest.raises(
@@ -99,8 +99,15 @@ def test_existing_output_is_left_untouched_without_force(ckpts, tmp_path):
     with pytest.raises(MergeError, match="already exists; pass --force"):
         merge(recipe("linear", models), out)
     assert out.read_bytes() == b"precious"
-    merge(recipe("linear", models), out, force=True, progress=False)
-    assert out.read_bytes() != b"precious"
+    # --force replaces only what mergelab wrote: this file is the user's.
+    with pytest.raises(MergeError, match="not written by mergelab; --force replaces only"):
+        merge(recipe("linear", models), out, force=True, progress=False)
+    assert out.read_bytes() == b"precious"
+    ours = tmp_path / "ours.safetensors"
+    merge(recipe("linear", models), ours, progress=False)
+    first = ours.read_bytes()
+    merge(recipe("linear", list(reversed(models)), None, normalize=False), ours, force=True)
+    assert ours.read_bytes() != first
 
 
 def test_nan_stops_the_merge_naming_file_and_tensor(ckpts, write_st, tmp_path):

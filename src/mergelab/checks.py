@@ -32,9 +32,10 @@ def finite_number(what: str, value: object, error: type[MergelabError] = Mergela
         raise error(f"{what}: {value!r} is not a finite number")
 
 
-def inside_folder(folder: Path, name: str, what: str) -> Path:
+def inside_folder(folder: Path, name: str, what: str, also: Iterable[Path] = ()) -> Path:
     """``folder / name``, refused unless it stays inside ``folder``: no absolute path, no
-    ``..``, no symlink that leads out. ``what`` names the file that gave ``name``."""
+    ``..``, no symlink that leads out (except into one of the folders ``also``).
+    ``what`` names the file that gave ``name``."""
     if not isinstance(name, str) or not name:
         raise MergelabError(f"{what}: {name!r} is not a file name")
     if Path(name).is_absolute() or os.path.isabs(name):
@@ -42,8 +43,8 @@ def inside_folder(folder: Path, name: str, what: str) -> Path:
     if ".." in Path(name).parts:
         raise MergelabError(f"{what}: {name!r} leaves the folder {folder}")
     path = folder / name
-    root = folder.resolve()
-    if not path.resolve().is_relative_to(root):
+    target = path.resolve()
+    if not any(target.is_relative_to(root.resolve()) for root in (folder, *also)):
         raise MergelabError(f"{what}: {name!r} is a link that leads outside {folder}")
     return path
 

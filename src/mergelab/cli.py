@@ -52,8 +52,16 @@ def _merge_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", help="output dtype of floating tensors (needed for mixed inputs)")
     p.add_argument("--key", help="torch checkpoints: dotted key of the state dict (detected)")
     p.add_argument("--strip-prefix", help="torch checkpoints: prefix to strip (module. detected)")
-    p.add_argument("--out", help="output: NAME.safetensors (one file) or a folder")
-    p.add_argument("--force", action="store_true", help="replace an existing output")
+    p.add_argument(
+        "--out",
+        help="output: NAME.safetensors (one file) or a folder (other files in it are kept); "
+        "never an input or a folder holding one",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace mergelab's own earlier output there (never an input or another file)",
+    )
     p.add_argument(
         "--max-shard-size",
         type=parse_size,
@@ -97,18 +105,21 @@ def _recipe_from_args(args: argparse.Namespace):
 
 
 def _run_merge(args: argparse.Namespace) -> int:
-    from mergelab.engine import merge, open_recipe, plan_shards
+    from mergelab.engine import check_plan_output, merge, open_recipe
 
     recipe = _recipe_from_args(args)
     if args.dry_run:
         plan = open_recipe(recipe)
         print(plan.describe(verbose=args.verbose))
-        if args.out:
-            folder = not args.out.endswith(".safetensors")
-            shards = plan_shards(plan, args.max_shard_size if folder else None)
-            print(f"output      {args.out} ({shards} file{'s' if shards > 1 else ''})")
-        for ckpt in plan.inputs:
-            ckpt.close()
+        try:
+            if args.out:
+                files = check_plan_output(
+                    plan, args.out, force=args.force, max_shard_bytes=args.max_shard_size
+                )
+                print(f"output      {args.out}: {', '.join(files)}")
+        finally:
+            for ckpt in plan.inputs:
+                ckpt.close()
         return 0
     if not args.out:
         raise MergeError("--out is required (a .safetensors file or a folder)")

@@ -24,6 +24,7 @@ import numpy as np
 from pydantic import ValidationError
 from tqdm import tqdm
 
+from mergelab.checks import finite_number
 from mergelab.errors import MergeError
 from mergelab.io.checkpoint import ArrayCheckpoint, Checkpoint, TensorInfo
 from mergelab.io.dtypes import (
@@ -36,7 +37,7 @@ from mergelab.io.dtypes import (
     to_compute,
 )
 from mergelab.io.open import open_checkpoint
-from mergelab.io.writer import SafetensorsWriter, shard_groups
+from mergelab.io.writer import SafetensorsWriter, check_output
 from mergelab.methods import DeltaAccess, MergeMethod, TensorContext, get_method
 from mergelab.recipe import Recipe
 
@@ -155,13 +156,45 @@ def _size(n: float) -> str:
 # -- checks and planning -------------------------------------------------------------------
 
 
-def _instantiate(
-    method_name: str, params: dict[str, Any], per_model: Sequence[dict[str, Any]]
-) -> MergeMethod:
+def method_class(method_name: str) -> type[MergeMethod]:
+    """The registered method, or one error line listing the known ones."""
     try:
-        cls = get_method(method_name)
+        return get_method(method_name)
     except ValueError as exc:
         raise MergeError(str(exc)) from None
+
+
+def _finite_values(where: str, values: Mapping[str, Any]) -> None:
+    """Refuse NaN/Inf anywhere in a parameter set (lists and per-layer maps included):
+    one such number turns every merged tensor into NaN/Inf."""
+
+    def walk(key: str, value: Any) -> None:
+        if isinstance(value, Mapping):
+            for k, v in value.items():
+                walk(f"{key}.{k}", v)
+        elif isinstance(value, list | tuple):
+            for i, v in enumerate(value):
+                walk(f"{key}[{i}]", v)
+        else:
+            finite_number(f"{where}{key}", value, MergeError)
+
+    for name, value in values.items():
+        walk(str(name), value)
+
+
+def _instantiate(
+    method_name: str,
+    params: dict[str, Any],
+    per_model: Sequence[dict[str, Any]],
+    labels: Sequence[str] | None = None,
+) -> MergeMethod:
+    cls = method_class(method_name)
+    labels = (
+        list(labels) if labels is not None else [f"model {i + 1}" for i in range(len(per_model))]
+    )
+    _finite_values("parameter ", params)
+    for label, own in zip(labels, per_model, strict=True):
+        _finite_values(f"{label}: parameter ", own)
     per_model_fields = set(cls.PerModel.model_fields)
     defaults = {k: v for k, v in params.items() if k in per_model_fields}
     global_params = {k: v for k, v in params.items() if k not in per_model_fields}
@@ -170,11 +203,11 @@ def _instantiate(
     except ValidationError as exc:
         raise MergeError(_param_error(method_name, "", exc, cls)) from None
     model_params = []
-    for i, own in enumerate(per_model):
+    for label, own in zip(labels, per_model, strict=True):
         try:
             model_params.append(cls.PerModel.model_validate({**defaults, **own}))
         except ValidationError as exc:
-            raise MergeError(_param_error(method_name, f" of model {i + 1}", exc, cls)) from None
+            raise MergeError(_param_error(method_name, f" of {label}", exc, cls)) from None
     try:
         return cls(method_params, model_params)
     except ValueError as exc:
@@ -250,7 +283,7 @@ def build_plan(
     model_params = list(model_params) if model_params is not None else [{} for _ in models]
     if len(model_params) != len(models):
         raise MergeError(f"{len(model_params)} sets of model parameters for {len(models)} models")
-    method = _instantiate(method_name, dict(params or {}), model_params)
+    method = _instantiate(method_name, dict(params or {}), model_params, [m.label for m in models])
     if method.base_policy == "required" and base is None:
         raise MergeError(f"{method_name}: needs a base model (--base / base_model)")
     if method.base_policy == "unused" and base is not None:
@@ -381,6 +414,36 @@ class _Slots:
         self.free[slot[0].dtype].put(slot)
 
 
+# Magnitude from which a value rounds to Inf (or NaN) in each narrow float output dtype.
+_OVERFLOW_AT = {
+    "F16": 65520.0,
+    "BF16": 3.3961775292304957e38,
+    "F8_E4M3": 464.0,
+    "F8_E5M2": 61440.0,
+}
+
+
+def _check_output(t: TensorPlan, out: np.ndarray, method: MergeMethod) -> None:
+    """Refuse a merged chunk that is not finite in the output dtype (NaN propagates through
+    min/max): a silently NaN model is worse than an error naming the tensor."""
+    if not out.size:
+        return
+    low, high = float(out.min()), float(out.max())
+    limit = _OVERFLOW_AT.get(t.out_dtype, math.inf)
+    if math.isfinite(low) and math.isfinite(high) and max(-low, high) < limit:
+        return
+    params = method.params.model_dump(by_alias=True)
+    problem = (
+        f"values up to {max(-low, high):.3g} overflow {dtype_name(t.out_dtype)}"
+        if math.isfinite(low) and math.isfinite(high)
+        else "NaN or Inf values"
+    )
+    raise MergeError(
+        f"merged tensor {t.name!r} has {problem} ({method.name} with {params}, finite "
+        f"inputs); nothing was written. Check the method parameters and model weights"
+    )
+
+
 def execute(plan: MergePlan, sink: Sink, *, progress: bool = True) -> None:
     """Run a checked plan, writing every output tensor to ``sink``."""
     method = plan.method
@@ -447,8 +510,12 @@ def execute(plan: MergePlan, sink: Sink, *, progress: bool = True) -> None:
     # study) the thread hand-offs cost more than the work.
     in_memory = all(isinstance(c, ArrayCheckpoint) for c in plan.inputs)
     background = plan.bytes_read > PREFETCH_MIN_BYTES and not in_memory
+    # Overflow is reported once, naming the tensor (_check_output), not as numpy warnings.
     try:
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mergelab-read") as pool:
+        with (
+            np.errstate(over="ignore", invalid="ignore"),
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="mergelab-read") as pool,
+        ):
 
             def fetch(index: int) -> Future | None:
                 if index >= len(work):
@@ -483,6 +550,7 @@ def execute(plan: MergePlan, sink: Sink, *, progress: bool = True) -> None:
                 out = method.merge(stack, base, ctx)
                 if slot is not None:
                     slots.give(slot)
+                _check_output(t, np.asarray(out), method)
                 sink.write(t.name, start, from_compute(np.asarray(out).reshape(-1), t.out_dtype))
     finally:
         bar.close()
@@ -507,7 +575,7 @@ def open_recipe(recipe: Recipe) -> MergePlan:
     base_path = recipe.base_model
     entries = list(recipe.models)
     notes = []
-    if base_path is not None and get_method(recipe.merge_method).base_policy != "unused":
+    if base_path is not None and method_class(recipe.merge_method).base_policy != "unused":
         # As in mergekit, the base listed among the models is the base, not another input.
         same = [e for e in entries if Path(e.model).resolve() == Path(base_path).resolve()]
         if same:
@@ -550,6 +618,21 @@ def _record(plan: MergePlan) -> tuple[Recipe, dict[str, str]]:
     return recipe, metadata
 
 
+def _recipe_name(out: Path) -> str:
+    """The recipe record: ``NAME.mergelab.yaml`` beside a file, else ``mergelab.yaml``."""
+    return f"{out.stem}.mergelab.yaml" if out.suffix == ".safetensors" else "mergelab.yaml"
+
+
+def _input_paths(plan: MergePlan) -> list[Path]:
+    """Every path the merge reads: as the recipe gives them, and the files behind them."""
+    paths = [Path(p) for ckpt in plan.inputs for p in ckpt.files]
+    if plan.recipe is not None:
+        paths += [Path(e.model) for e in plan.recipe.models]
+        if plan.recipe.base_model is not None:
+            paths.append(Path(plan.recipe.base_model))
+    return paths
+
+
 def merge(
     recipe: Recipe | str | Path,
     out: str | Path,
@@ -570,7 +653,7 @@ def merge(
         record, metadata = _record(plan)
         header = "".join(f"# {k} {v}\n" for k, v in versions().items())
         out = Path(out)
-        yaml_name = f"{out.stem}.mergelab.yaml" if out.suffix == ".safetensors" else "mergelab.yaml"
+        yaml_name = _recipe_name(out)
         infos = [TensorInfo(t.name, t.shape, t.out_dtype) for t in plan.tensors]
         writer = SafetensorsWriter(
             out,
@@ -579,6 +662,7 @@ def merge(
             max_shard_bytes=max_shard_bytes,
             force=force,
             extra_files={yaml_name: record.to_yaml(header)},
+            inputs=_input_paths(plan),
         )
         try:
             execute(plan, writer, progress=progress)
@@ -623,6 +707,17 @@ def merge_state_dicts(
     }
 
 
-def plan_shards(plan: MergePlan, max_shard_bytes: int | None) -> int:
+def check_plan_output(
+    plan: MergePlan, out: str | Path, *, force: bool, max_shard_bytes: int | None
+) -> list[str]:
+    """The files a merge into ``out`` would write, after every check the real run makes
+    (an input in the way, a file mergelab did not write); nothing is touched."""
     infos = [TensorInfo(t.name, t.shape, t.out_dtype) for t in plan.tensors]
-    return len(shard_groups(infos, max_shard_bytes))
+    return check_output(
+        out,
+        infos,
+        max_shard_bytes=max_shard_bytes,
+        force=force,
+        extra_names=[_recipe_name(Path(out))],
+        inputs=_input_paths(plan),
+    )

@@ -7,6 +7,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,7 @@ class Checkpoint(ABC):
 
     label: str
     infos: dict[str, TensorInfo]
+    files: tuple[Path, ...] = ()  # every file read (set by open_checkpoint)
 
     @abstractmethod
     def read(

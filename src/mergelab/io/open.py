@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from mergelab.checks import inside_folder, regular_file
 from mergelab.errors import MergeError
 from mergelab.io.checkpoint import Checkpoint, TensorInfo
 from mergelab.io.safetensors_file import SafetensorsFile
@@ -29,17 +30,17 @@ class ShardedCheckpoint(Checkpoint):
 
     def __init__(self, index_path: Path, key: str | None, strip_prefix: str | None) -> None:
         self.label = str(index_path)
-        try:
-            index = json.loads(index_path.read_text())
-            weight_map: dict[str, str] = index["weight_map"]
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise MergeError(f"{index_path}: not a valid shard index ({exc})") from None
+        weight_map = _weight_map(index_path)
         shards: dict[str, Checkpoint] = {}
         for shard_name in sorted(set(weight_map.values())):
-            shard_path = index_path.parent / shard_name
+            # A shard name is a file beside the index, never a path out of its folder.
+            shard_path = inside_folder(
+                index_path.parent, shard_name, f"{index_path}: shard", _hub_blobs(index_path)
+            )
             if not shard_path.is_file():
                 raise MergeError(f"{index_path}: shard {shard_name} is missing")
             shards[shard_name] = _open_file(shard_path, key, strip_prefix)
+        self.files = (index_path, *(index_path.parent / n for n in shards))
         self._shards = shards
         self._where: dict[str, Checkpoint] = {}
         self.infos: dict[str, TensorInfo] = {}
@@ -67,15 +68,50 @@ class ShardedCheckpoint(Checkpoint):
             shard.close()
 
 
+def _hub_blobs(index_path: Path) -> list[Path]:
+    """A Hugging Face cache snapshot links its files into ``../../blobs``: allowed there."""
+    folder = index_path.parent
+    if folder.parent.name == "snapshots" and (folder.parent.parent / "blobs").is_dir():
+        return [folder.parent.parent / "blobs"]
+    return []
+
+
+def _weight_map(index_path: Path) -> dict[str, str]:
+    """The index's ``weight_map``, checked to be a map of tensor names to file names."""
+    try:
+        index = json.loads(index_path.read_text())
+    except OSError as exc:
+        raise MergeError(f"{index_path}: cannot read ({exc.strerror})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MergeError(f"{index_path}: not a valid shard index (not JSON: {exc})") from None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict):
+        raise MergeError(
+            f'{index_path}: not a valid shard index (needs a "weight_map" object mapping '
+            f"tensor names to shard files; found {type(weight_map).__name__})"
+        )
+    for name, shard in weight_map.items():
+        if not isinstance(shard, str) or not shard:
+            raise MergeError(
+                f"{index_path}: weight_map entry {name!r} is {shard!r}, not a shard file name"
+            )
+    return weight_map
+
+
 def _open_file(path: Path, key: str | None, strip_prefix: str | None) -> Checkpoint:
+    regular_file(path, "a checkpoint must be a regular file")
+    ckpt: Checkpoint
     if path.suffix == ".safetensors":
-        return SafetensorsFile(path)
-    if path.suffix in TORCH_SUFFIXES:
-        return TorchFile(path, key=key, strip_prefix=strip_prefix)
-    raise MergeError(
-        f"{path}: unknown checkpoint format (expected .safetensors, "
-        f"{', '.join(TORCH_SUFFIXES)}, a shard index .json, or a model folder)"
-    )
+        ckpt = SafetensorsFile(path)
+    elif path.suffix in TORCH_SUFFIXES:
+        ckpt = TorchFile(path, key=key, strip_prefix=strip_prefix)
+    else:
+        raise MergeError(
+            f"{path}: unknown checkpoint format (expected .safetensors, "
+            f"{', '.join(TORCH_SUFFIXES)}, a shard index .json, or a model folder)"
+        )
+    ckpt.files = (path,)
+    return ckpt
 
 
 def open_checkpoint(
@@ -96,11 +132,12 @@ def open_checkpoint(
                 return open_checkpoint(candidate, key=key, strip_prefix=strip_prefix)
         singles = sorted(path.glob("*.safetensors"))
         if len(singles) == 1:
-            return SafetensorsFile(singles[0])
+            return _open_file(singles[0], key, strip_prefix)
         raise MergeError(
             f"{path}: folder holds no checkpoint (looked for {', '.join(FOLDER_FILES)})"
         )
     if path.name.endswith(".index.json"):
+        regular_file(path, "a shard index must be a regular file")
         return ShardedCheckpoint(path, key, strip_prefix)
     return _open_file(path, key, strip_prefix)
 

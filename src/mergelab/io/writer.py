@@ -3,17 +3,17 @@
 The header is known before any data exists (names, shapes, dtypes come from the plan), so
 files are laid out up front and every chunk is written in place with ``pwrite`` as soon as
 it is computed: nothing waits in memory for the whole model. Output goes to a hidden staging
-path beside the destination and is renamed into place only when complete, so an interrupted
-or failed merge leaves no half-written file, and an existing output is replaced only when
-``force`` is given.
+folder beside the destination and is renamed into place only when complete, so an
+interrupted or failed merge leaves no half-written file; what an output may replace is
+decided in :mod:`mergelab.io.output`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
-import shutil
 import struct
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,12 +21,15 @@ from typing import Any
 
 import numpy as np
 
+from mergelab import __version__
 from mergelab.errors import MergeError
 from mergelab.io.checkpoint import ArrayCheckpoint, TensorInfo
 from mergelab.io.dtypes import STORAGE
+from mergelab.io.output import Output
 
 SINGLE_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
+WRITER_MARK = "mergelab.writer"
 
 
 def _layout(infos: Sequence[TensorInfo], metadata: dict[str, str]) -> tuple[bytes, dict[str, int]]:
@@ -69,7 +72,7 @@ def shard_groups(
     return groups
 
 
-def _preallocate(fd: int, size: int) -> None:
+def _preallocate(fd: int, size: int, label: Path) -> None:
     """Reserve the file's blocks up front: writes into allocated blocks are several times
     faster than into a sparse file, and a full disk fails here, before any work."""
     try:
@@ -78,54 +81,18 @@ def _preallocate(fd: int, size: int) -> None:
     except OSError as exc:
         if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
             raise MergeError(
-                f"cannot reserve {size} bytes for the output: {exc.strerror}"
+                f"{_final(label)}: cannot reserve {size} bytes ({exc.strerror})"
             ) from None
         os.ftruncate(fd, size)
-
-
-class OutputPath:
-    """A destination written through a staging path and renamed into place at the end."""
-
-    def __init__(self, out: str | Path, *, force: bool = False) -> None:
-        self.out = Path(out)
-        if self.out.exists() and not force:
-            raise MergeError(f"{self.out}: already exists; pass --force (force=True) to replace it")
-        parent = self.out.parent
-        if not parent.exists():
-            raise MergeError(f"{self.out}: output folder {parent} does not exist")
-        if not parent.is_dir():
-            raise MergeError(f"{self.out}: {parent} is not a folder")
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise MergeError(f"{self.out}: output folder {parent} is not writable")
-        self.staging = parent / f".{self.out.name}.partial-{os.getpid()}"
-        self._remove(self.staging)
-
-    @staticmethod
-    def _remove(path: Path) -> None:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
-
-    def commit(self) -> None:
-        """Move the finished staging path over the destination."""
-        old = None
-        if self.out.exists():
-            old = self.out.parent / f".{self.out.name}.old-{os.getpid()}"
-            os.replace(self.out, old)
-        os.replace(self.staging, self.out)
-        if old is not None:
-            self._remove(old)
-
-    def abort(self) -> None:
-        self._remove(self.staging)
 
 
 class SafetensorsWriter:
     """Writes planned tensors chunk by chunk into one file or a sharded folder.
 
-    ``path`` ending in ``.safetensors`` gives one file; any other path gives a folder holding
-    ``model.safetensors`` or ``model-0000i-of-0000n.safetensors`` with an index.
+    ``path`` ending in ``.safetensors`` gives one file (``extra_files`` go beside it); any
+    other path gives a folder holding ``model.safetensors`` or
+    ``model-0000i-of-0000n.safetensors`` with an index, plus ``extra_files``. Other files in
+    that folder are left alone; what may be replaced is decided by :class:`Output`.
     """
 
     def __init__(
@@ -137,55 +104,42 @@ class SafetensorsWriter:
         max_shard_bytes: int | None = None,
         force: bool = False,
         extra_files: dict[str, str] | None = None,
+        inputs: Sequence[str | os.PathLike[str]] = (),
     ) -> None:
-        self.target = OutputPath(path, force=force)
         self.infos = {i.name: i for i in infos}
         self._written = dict.fromkeys(self.infos, 0)
         self._fds: list[int] = []
         self._where: dict[str, tuple[int, int]] = {}
         metadata = {"format": "pt", **(metadata or {})}
-        single_file = self.target.out.suffix == ".safetensors"
-        groups = shard_groups(list(infos), None if single_file else max_shard_bytes)
+        if not any(k.startswith("mergelab") for k in metadata):
+            metadata[WRITER_MARK] = __version__  # what lets a later --force replace it
+        path = Path(path)
+        groups, names, extra = _files(path, infos, metadata, max_shard_bytes, extra_files)
+        self.target = Output(
+            path,
+            [*names, *extra],
+            single=path.suffix == ".safetensors",
+            force=force,
+            inputs=inputs,
+        )
+        self.out = path
+        self.target.open()
         try:
-            if single_file:
-                files = [self.target.staging]
-            else:
-                self.target.staging.mkdir()
-                n = len(groups)
-                names = (
-                    [SINGLE_NAME]
-                    if n == 1
-                    else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
-                )
-                files = [self.target.staging / name for name in names]
-                if n > 1:
-                    index = {
-                        "metadata": {"total_size": sum(i.nbytes for i in infos), **metadata},
-                        "weight_map": {
-                            i.name: names[g] for g, grp in enumerate(groups) for i in grp
-                        },
-                    }
-                    (self.target.staging / INDEX_NAME).write_text(json.dumps(index, indent=2))
-                for name, text in (extra_files or {}).items():
-                    (self.target.staging / name).write_text(text)
-            for file, group in zip(files, groups, strict=True):
+            for name, text in extra.items():
+                _write_text(self.target.path(name), text)
+            for name, group in zip(names, groups, strict=True):
                 header, offsets = _layout(group, metadata)
+                file = self.target.path(name)
                 fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
                 self._fds.append(fd)
                 size = len(header) + sum(i.nbytes for i in group)
-                _preallocate(fd, size)
-                os.pwrite(fd, header, 0)
-                for name, offset in offsets.items():
-                    self._where[name] = (fd, offset)
+                _preallocate(fd, size, file)
+                _pwrite_all(fd, memoryview(header), 0, file)
+                for tensor, offset in offsets.items():
+                    self._where[tensor] = (fd, offset)
         except BaseException:
             self.abort()
             raise
-        if single_file and extra_files:
-            self._beside = {
-                self.target.out.parent / name: text for name, text in extra_files.items()
-            }
-        else:
-            self._beside = {}
 
     def write(self, name: str, start: int, values: np.ndarray) -> None:
         """Write ``values`` (flat, in the planned storage dtype) at element ``start``."""
@@ -195,10 +149,7 @@ class SafetensorsWriter:
             raise TypeError(f"{name}: got {values.dtype}, planned {info.dtype}")
         fd, offset = self._where[name]
         view = memoryview(np.ascontiguousarray(values).reshape(-1)).cast("B")
-        position = offset + start * storage.itemsize
-        done = 0
-        while done < len(view):
-            done += os.pwrite(fd, view[done:], position + done)
+        _pwrite_all(fd, view, offset + start * storage.itemsize, self.out)
         self._written[name] += values.size
 
     def close(self) -> None:
@@ -207,21 +158,88 @@ class SafetensorsWriter:
         if short:
             self.abort()
             raise RuntimeError(f"internal error: tensors not fully written: {short[:5]}")
-        for fd in self._fds:
-            os.close(fd)
-        self._fds.clear()
-        for path, text in self._beside.items():
-            tmp = path.parent / f".{path.name}.partial-{os.getpid()}"
-            tmp.write_text(text)
-            os.replace(tmp, path)
-        self.target.commit()
+        try:
+            for fd in self._fds:
+                os.close(fd)
+            self._fds.clear()
+            self.target.commit()
+        except OSError as exc:
+            self.abort()
+            raise MergeError(f"{self.out}: cannot write ({exc.strerror})") from None
 
     def abort(self) -> None:
         """Remove everything written so far."""
         for fd in self._fds:
-            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.close(fd)
         self._fds.clear()
         self.target.abort()
+
+
+def _files(
+    path: Path,
+    infos: Sequence[TensorInfo],
+    metadata: dict[str, str],
+    max_shard_bytes: int | None,
+    extra_files: dict[str, str] | None,
+) -> tuple[list[list[TensorInfo]], list[str], dict[str, str]]:
+    """Shard groups, their file names, and the other files (index, recipe) with contents."""
+    single_file = path.suffix == ".safetensors"
+    groups = shard_groups(list(infos), None if single_file else max_shard_bytes)
+    n = len(groups)
+    if single_file:
+        names = [path.name]
+    elif n == 1:
+        names = [SINGLE_NAME]
+    else:
+        names = [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+    extra = dict(extra_files or {})
+    if n > 1:
+        index = {
+            "metadata": {"total_size": sum(i.nbytes for i in infos), **metadata},
+            "weight_map": {i.name: names[g] for g, grp in enumerate(groups) for i in grp},
+        }
+        extra = {INDEX_NAME: json.dumps(index, indent=2), **extra}
+    return groups, names, extra
+
+
+def check_output(
+    path: str | Path,
+    infos: Sequence[TensorInfo],
+    *,
+    max_shard_bytes: int | None = None,
+    force: bool = False,
+    extra_names: Sequence[str] = (),
+    inputs: Sequence[str | os.PathLike[str]] = (),
+) -> list[str]:
+    """What :class:`SafetensorsWriter` would check, touching nothing (for dry runs): the
+    names of the files it would write, or the error it would raise."""
+    path = Path(path)
+    _, names, extra = _files(path, infos, {}, max_shard_bytes, dict.fromkeys(extra_names, ""))
+    single = path.suffix == ".safetensors"
+    Output(path, [*names, *extra], single=single, force=force, inputs=inputs)
+    return [*names, *extra]
+
+
+def _write_text(path: Path, text: str) -> None:
+    try:
+        path.write_text(text)
+    except OSError as exc:
+        raise MergeError(f"{_final(path)}: cannot write ({exc.strerror})") from None
+
+
+def _final(staged: Path) -> Path:
+    """Where a staged file will live (its name, beside the staging folder)."""
+    return staged.parent.parent / staged.name
+
+
+def _pwrite_all(fd: int, view: memoryview, position: int, label: Path) -> None:
+    done = 0
+    try:
+        while done < len(view):
+            done += os.pwrite(fd, view[done:], position + done)
+    except OSError as exc:
+        raise MergeError(f"{label}: cannot write ({exc.strerror})") from None
 
 
 def save_state_dict(

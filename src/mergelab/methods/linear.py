@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from mergelab.methods.base import MergeMethod, MethodParams, TensorContext, register
@@ -33,9 +35,17 @@ class Linear(MergeMethod):
 
     def merge(self, tensors: np.ndarray, base: np.ndarray | None, ctx: TensorContext) -> np.ndarray:
         w = self.weights(tensors)
-        if np.any(w != 1):
+        weighted = bool(np.any(w != 1))
+        if weighted:
             np.multiply(tensors, w, out=tensors)
         out = tensors.sum(axis=0)
-        if self.params.normalize:
-            out /= w.sum()
-        return out
+        if not self.params.normalize:
+            return out
+        out /= w.sum()
+        if math.isfinite(float(out.sum())) or np.isfinite(out).all():
+            return out
+        # Summing before dividing (as mergekit does, so results match it bit for bit)
+        # overflowed: a weighted mean of finite values is finite, so take it in float64.
+        values = tensors / w if weighted else tensors
+        share = (w / w.sum()).astype(np.float64)
+        return (values.astype(np.float64) * share).sum(axis=0).astype(tensors.dtype)
