@@ -29,7 +29,10 @@ To change one: `mergelab study paper --show > my.yaml`, edit, `mergelab study my
 optimizer steps, evaluation passes and GPU hours, without reading data or training.
 It checks the config too, and lists the dataset and checkpoint paths that are not on
 this machine (a warning: a dry run may plan for another machine). A real run checks
-everything, paths included, before it creates its folder or trains anything.
+everything, paths included, and builds each model once on its dataset's input (on
+the meta device: no memory, no compute), before it creates its folder or trains
+anything. A problem is one line naming the file and the key, e.g.
+  my.yaml: magnitude.factors: -5 refused (allowed: finite numbers > 0)
 
 Outputs, in --out (default mergelab-study-NAME): results.csv (one tidy table, every
 number of every study), outcomes.npz (per-example outcomes behind the uncertainty
@@ -121,7 +124,7 @@ def _run_study(args: argparse.Namespace) -> int:
         from mergelab.studies.plan import plan_study
         from mergelab.studies.validate import check_dry_run, missing_warning
 
-        missing = check_dry_run(config, args.out)
+        missing = check_dry_run(config)
         print(plan_study(config).render())
         if missing:
             print(f"\n{missing_warning(missing)}")

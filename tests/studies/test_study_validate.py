@@ -15,7 +15,7 @@ import mergelab.studies.plan as plan_module
 import mergelab.train.pool as pool
 import mergelab.train.trainer as trainer
 from mergelab.cli import main
-from mergelab.errors import MergeError
+from mergelab.errors import ConfigError, MergeError
 from mergelab.studies import load_config
 from mergelab.studies.config import StudyConfig, preset_path
 from mergelab.studies.validate import check_dry_run, check_study, inspect_study
@@ -89,15 +89,19 @@ CHECKED = {
     ),
     "negative lr": ({"training/train/lr": -1}, (), "training.train.lr"),
     "negative independent lr": ({"independent/train/lr": -1}, (), "independent.train.lr"),
-    "unknown recipe field": ({"dataset_training": {"digits": {"haed": "keep"}}}, (), "haed"),
+    "unknown recipe field": (
+        {"dataset_training": {"digits": {"haed": "keep"}}},
+        (),
+        "dataset_training.digits.haed",
+    ),
     "field the study sets": ({"training/seed": 3}, (), "training.seed"),
     "init and pretrain": ({"training/init": "x.safetensors"}, (), "training.init"),
 }
 
-# Problems in the config's own values (StudyConfig): the file, then one line per field.
+# Problems in the config's own values (StudyConfig).
 STRUCTURAL = {
-    "no archs": ({"archs": []}, (), "archs:"),
-    "no datasets": ({"datasets": []}, (), "datasets:"),
+    "no archs": ({"archs": []}, (), "archs: empty"),
+    "no datasets": ({"datasets": []}, (), "datasets: empty"),
     "model counts below 2": ({"model_counts": [0, 1]}, (), "model_counts: 0, 1"),
     "model count above n_models": ({"model_counts": [2, 5]}, (), "model_counts: 5"),
     "negative seed": ({"seeds": [-1, 0]}, (), "seeds: -1"),
@@ -126,27 +130,14 @@ STRUCTURAL = {
 }
 
 
-@pytest.mark.parametrize("case", list(CHECKED))
-def test_checked_problem_is_one_line_before_anything(case, tmp_path, capsys):
-    edits, drop, field = CHECKED[case]
+@pytest.mark.parametrize("case", list(CHECKED) + list(STRUCTURAL))
+def test_problem_is_one_line_naming_file_and_field_before_anything(case, tmp_path, capsys):
+    edits, drop, field = {**CHECKED, **STRUCTURAL}[case]
     path = _write(tmp_path, edits, drop)
     out = tmp_path / "out"
     rc, err = _run(path, out, capsys)
     assert rc == 2
-    assert len(err) == 1 and err[0].startswith("mergelab: error: "), err
-    assert field in err[0]
-    assert not out.exists()
-
-
-@pytest.mark.parametrize("case", list(STRUCTURAL))
-def test_structural_problem_names_its_field(case, tmp_path, capsys):
-    edits, drop, field = STRUCTURAL[case]
-    path = _write(tmp_path, edits, drop)
-    out = tmp_path / "out"
-    rc, err = _run(path, out, capsys)
-    assert rc == 2
-    assert err[0] == f"mergelab: error: {path}: invalid study config:"
-    assert len(err) == 2 and err[1].strip().startswith(field), err  # one line per field
+    assert len(err) == 1 and err[0].startswith(f"mergelab: error: {path}: {field}"), err
     assert not out.exists()
 
 
@@ -176,19 +167,35 @@ def test_missing_dataset_and_checkpoint_paths(tmp_path, capsys):
 def test_out_that_is_a_file_or_under_one(tmp_path, capsys):
     blocker = tmp_path / "file.txt"
     blocker.write_text("not a folder")
-    for out in (blocker, blocker / "sub" / "out"):
-        rc, err = _run("tiny", out, capsys)
-        assert rc == 2 and len(err) == 1 and "output folder" in err[0], err
-        assert "is a file" in err[0]
+    rc, err = _run("tiny", blocker, capsys)
+    assert rc == 2 and err == [f"mergelab: error: --out {blocker}: is a file, not a folder"]
+    rc, err = _run("tiny", blocker / "sub" / "out", capsys)
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].startswith(f"mergelab: error: --out {blocker / 'sub' / 'out'}: cannot create")
     assert blocker.read_text() == "not a folder"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
+
+
+def test_out_that_is_read_only(tmp_path, capsys, monkeypatch):
+    import os
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    if os.access(locked, os.W_OK):  # root writes anywhere: take the answer a user gets
+        real = os.access
+        monkeypatch.setattr(os, "access", lambda p, m: real(p, m) and Path(p) != locked)
+    rc, err = _run("tiny", locked, capsys)
+    locked.chmod(0o700)
+    assert rc == 2 and err == [f"mergelab: error: --out {locked}: folder is not writable"]
+    assert list(locked.iterdir()) == []
 
 
 def test_good_presets_validate(tmp_path):
     for preset in ("tiny", "quick"):
         config, _ = load_config(preset)
-        check_study(config, tmp_path / "out")
+        check_study(config)
         assert check_dry_run(config) == []
-    assert not (tmp_path / "out").exists()
 
 
 def test_paper_placeholders_are_missing_paths(tmp_path):
@@ -201,8 +208,9 @@ def test_paper_placeholders_are_missing_paths(tmp_path):
     assert len(paths) == len(paper.datasets) + len(paper.arch_training)
     assert {m.kind for m in missing} == {"dataset", "checkpoint"}
     local = paper.model_copy(update={"device": None})
-    with pytest.raises(MergeError, match=r"DATA/cifar-10-batches-py does not exist") as exc:
-        check_study(local, tmp_path / "out")
+    match = r"paper\.yaml: datasets\[0\]: dataset DATA/cifar-10-batches-py does not exist"
+    with pytest.raises(ConfigError, match=match) as exc:
+        check_study(local)
     assert "\n" not in str(exc.value) and "--dry-run" in str(exc.value)
     assert not (tmp_path / "out").exists()
 
@@ -212,7 +220,7 @@ def test_device_without_cuda(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     config, _ = load_config("tiny")
-    with pytest.raises(MergeError, match=r"^device: 'cuda'"):
+    with pytest.raises(ConfigError, match=r"tiny\.yaml: device: 'cuda'"):
         check_study(config.model_copy(update={"device": "cuda"}))
     check_dry_run(config.model_copy(update={"device": "cuda"}))  # planned for elsewhere
 
@@ -273,5 +281,6 @@ def test_a_failed_run_leaves_no_empty_folder(tmp_path, monkeypatch):
 
 def test_a_config_changed_in_python_is_checked_again():
     config, _ = load_config("tiny")
-    with pytest.raises(MergeError, match=r"^model_counts: 3 outside \[2, n_models = 2\]"):
+    match = r"tiny\.yaml: model_counts: 3 outside \[2, n_models = 2\]"
+    with pytest.raises(ConfigError, match=match):
         check_study(config.model_copy(update={"n_models": 2}))

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from mergelab.errors import MergeError
+from mergelab.errors import MergelabError
 from mergelab.io import load_state_dict
 from mergelab.train import (
     IngredientRecipe,
@@ -259,13 +259,13 @@ def test_train_recipes_shares_one_pool_and_dedupes(tmp_path):
 def test_recipe_yaml_errors_name_the_field(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("arch: mlp\ntrain: {epochs: 1, steps: 3}\n")
-    with pytest.raises(MergeError, match="train"):
+    with pytest.raises(MergelabError, match="train"):
         IngredientRecipe.from_yaml(bad)
     bad.write_text("arch: mlp\nlearning_rate: 0.1\n")
-    with pytest.raises(MergeError, match="learning_rate"):
+    with pytest.raises(MergelabError, match="learning_rate"):
         IngredientRecipe.from_yaml(bad)
     bad.write_text("- a\n- b\n")
-    with pytest.raises(MergeError, match="mapping"):
+    with pytest.raises(MergelabError, match="mapping"):
         IngredientRecipe.from_yaml(bad)
 
 
@@ -301,8 +301,55 @@ def test_cli_writes_ingredients_into_out(tmp_path, capsys):
     assert len(list(cache.glob("*.safetensors"))) == 4
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
     bad = parser.parse_args(["train", str(tmp_path / "missing.yaml"), "--out", str(out)])
-    with pytest.raises(MergeError, match="cannot read"):
+    with pytest.raises(MergelabError, match="cannot read"):
         bad.run(bad)
     bad = parser.parse_args([*argv, "--workers", "0"])
-    with pytest.raises(MergeError, match="--workers"):
+    with pytest.raises(MergelabError, match="--workers"):
         bad.run(bad)
+
+
+BAD_RECIPES = {
+    "arch: resnet9\n": "arch: unknown architecture 'resnet9'; did you mean resnet8? (allowed: "
+    "linear, mlp, cnn, resnet_small, resnet8, resnet14, resnet20, vit_small, "
+    "tv:<torchvision name>, timm:<timm name>)",
+    "arch: tv:resnet181\n": "arch: unknown torchvision classifier 'resnet181'; did you mean "
+    "resnet18? (allowed: torchvision.models.list_models(module=torchvision.models))",
+    "dataset: nodata\n": "dataset: unknown dataset 'nodata'",
+    "dataset: cifar10:/no/such/folder\n": "dataset: /no/such/folder does not exist",
+    "init: /no/such.safetensors\n": "init: /no/such.safetensors does not exist; init is a "
+    "checkpoint file",
+    "train: {batch_size: 0}\n": "train.batch_size: 0 is too small (allowed: >= 1)",
+    "train: {lr: .nan}\n": "train.lr: nan is not a finite number (allowed: finite numbers)",
+    "train: {epochs: -1}\n": "train.epochs: -1 is too small (allowed: >= 0)",
+    "pretrain: {lr: -0.1}\n": "pretrain.lr: -0.1 is too small (allowed: > 0)",
+    "n_models: 0\n": "n_models: 0 is too small (allowed: >= 1)",
+    "mode: both\n": "mode: 'both' is not a choice (allowed: 'shared' or 'independent')",
+    "learning_rate: 0.1\n": "learning_rate: unknown key (allowed: "
+    + ", ".join(IngredientRecipe.model_fields)
+    + ")",
+    "model_kwargs: {depth: 3}\n": "model_kwargs: mlp cannot be built for digits: "
+    "MLPClassifier.__init__() got an unexpected keyword argument 'depth' (building it for "
+    "1x8x8 input, 10 classes)",
+    "arch: tv:vit_b_16\n": "arch: tv:vit_b_16 cannot be built for digits: ",
+}
+
+
+@pytest.mark.parametrize("text", list(BAD_RECIPES))
+def test_train_refuses_a_bad_recipe_in_one_line_before_any_work(
+    text, tmp_path, capsys, monkeypatch
+):
+    from mergelab.cli import main
+    from mergelab.train import pool
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before the recipe was checked")
+
+    monkeypatch.setattr(pool, "train_runs", no_training)
+    path = tmp_path / "recipe.yaml"
+    path.write_text("dataset: digits\narch: mlp\n" + text)  # later keys win
+    out = tmp_path / "out"
+    assert main(["train", str(path), "--out", str(out), "--cache-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    expected = f"mergelab: error: {path}: {BAD_RECIPES[text]}"
+    assert len(err) == 1 and err[0].startswith(expected), err
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["recipe.yaml"]

@@ -9,10 +9,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from mergelab.errors import MergeError
+from mergelab.errors import ConfigError
 from mergelab.yamlfile import read_mapping, validate
 
 PAPER_FACTORS = (1, 2, 5, 10, 20, 50, 70, 90, 100, 110, 130, 150)
@@ -47,11 +47,11 @@ class _Strict(BaseModel):
     """A frozen config section that rejects unknown keys and checks its own values.
 
     ``_problems`` lists what is wrong with an otherwise well-typed section, each with the
-    field it concerns, so ``yamlfile.validate`` prints one line per field
-    (``magnitude.factors: -5 is not a positive number``) instead of one for the section.
+    field it concerns, so ``yamlfile.validate`` names the field
+    (``magnitude.factors: -5 ...``) instead of the section.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     def _problems(self) -> list[Problem]:
         return []
@@ -124,7 +124,7 @@ class CrossTaskSpec(_Strict):
 
     pairs: list[tuple[str, str]] = []
     arch: str = "mlp"
-    channels: int = Field(1, ge=1)
+    channels: Literal[1, 3] = 1
     img_size: int = Field(28, ge=1)
 
     def _problems(self) -> list[Problem]:
@@ -169,7 +169,7 @@ class MagnitudeSpec(_Strict):
             out.append((("factors",), "empty; give at least one factor"))
         bad = [f for f in self.factors if not (math.isfinite(f) and f > 0)]
         if bad:
-            out.append((("factors",), f"{_values(bad)}: factors are positive numbers"))
+            out.append((("factors",), f"{_values(bad)} refused (allowed: finite numbers > 0)"))
         out += _repeats("factors", self.factors)
         for name in ("scaled", "tensors", "bn"):
             if not getattr(self, name):
@@ -223,6 +223,20 @@ class StudyConfig(_Strict):
     gpu_tflops: float = Field(60.0, gt=0)
     """Sustained training throughput assumed by ``--dry-run``'s GPU-hour estimate (dense
     FP16/BF16 TFLOP/s actually achieved, well below a data sheet's peak)."""
+    _path: Path | None = PrivateAttr(None)
+
+    @property
+    def path(self) -> Path | None:
+        """The YAML file this config was read from (None: built in Python); errors name it."""
+        return self._path
+
+    def __eq__(self, other: object) -> bool:
+        """Equal configs run the same study, wherever they were read from."""
+        if not isinstance(other, StudyConfig):
+            return NotImplemented
+        return self.model_dump() == other.model_dump()
+
+    __hash__ = None  # type: ignore[assignment]  # lists inside: never hashable
 
     @model_validator(mode="before")
     @classmethod
@@ -352,6 +366,11 @@ def load_config(source: str | Path | None) -> tuple[StudyConfig, str]:
     source = "quick" if source is None else source
     path = preset_path(str(source)) if str(source) in PRESETS else Path(source)
     if not path.is_file():
-        raise MergeError(f"{path}: no such study config; presets: {', '.join(PRESETS)}")
-    config = validate(StudyConfig, read_mapping(path, "study config"), path, "study config")
+        raise ConfigError(
+            f"{path}: no such study config (allowed: a YAML file, or a preset: "
+            f"{', '.join(PRESETS)})"
+        )
+    data = read_mapping(path, "study config", ConfigError)
+    config = validate(StudyConfig, data, path, "study config", ConfigError)
+    config._path = path
     return config, path.read_text()

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from mergelab.checks import output_folder
 from mergelab.report import Results, write_all
 from mergelab.studies.config import StudyConfig, load_config
 from mergelab.studies.context import StudyContext
@@ -35,18 +36,19 @@ def run_study(
     ``sanity_failures`` the keys of the sanity checks that failed (empty when all held).
 
     The config is checked first (:func:`mergelab.studies.validate.check_study`: fields,
-    arch names, dataset and checkpoint paths, ``out``): a problem raises ``MergeError``
-    before any folder is created or anything trained. A run that fails later removes
-    ``out`` again if it created it and no file was written into it.
+    arch names, models, dataset and checkpoint paths), then ``out`` (not a file, writable):
+    a problem raises one ``ConfigError`` / ``MergelabError`` line before any folder is
+    created or anything trained. A run that fails later removes ``out`` again if it
+    created it and no file was written into it.
     """
     if isinstance(config, StudyConfig):
         text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
     else:
         config, text = load_config(config)
     out = Path(out)
-    check_study(config, out)
+    check_study(config)
     created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
+    output_folder(out)
     try:
         return _run(config, text, out, progress=progress, workers=workers)
     except BaseException:

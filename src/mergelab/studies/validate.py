@@ -10,12 +10,16 @@ for the built-in models (a few seconds when torchvision or timm names are resolv
   ``dataset_training.X``, ``arch_training.Y`` and ``independent.train`` are recipe and
   training fields with valid values (an error names the section the bad field came from);
 * every arch name resolves (a built-in, ``tv:NAME``, ``timm:NAME`` or a bare
-  torchvision/timm name; nothing is built but the small built-ins, on the meta device);
-  ``templates.arch`` is a linear classifier on raw pixels;
-* every dataset spec names a known dataset, and its files are there (no data is read);
+  torchvision/timm name), and every model of every recipe is built once, on the meta
+  device, and run on a meta image of its dataset's input (channels, size, classes) where
+  that input is known without reading files: the built-in datasets, or a recipe giving
+  ``in_chans`` and ``img_size``; ``templates.arch`` is a linear classifier on raw pixels;
+* every dataset spec names a known dataset, and its files are there (no on-disk data is
+  read; the small built-in datasets are);
 * every ``init`` checkpoint file is there;
-* the output folder is, or can be, a folder: not a file, not under a file;
 * a ``device: cuda`` config is on a machine with a CUDA device.
+
+Each error names the config file, then the key: ``study.yaml: magnitude.factors: ...``.
 
 :func:`check_dry_run` runs the same checks for ``--dry-run`` except the device, and
 returns the missing data and checkpoint paths instead of failing on them: a dry run plans
@@ -24,25 +28,26 @@ the study, possibly on a machine without the data.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from mergelab.errors import MergeError
+from mergelab.errors import ConfigError
 from mergelab.studies.config import StudyConfig
 from mergelab.studies.context import StudyContext
 from mergelab.train import IngredientRecipe
+from mergelab.train.recipe import arch_problem, dataset_problem
+from mergelab.yamlfile import describe, one_line
+from mergelab.yamlfile import key_path as _field
 
 __all__ = [
     "MissingPath",
     "StudyCheck",
-    "arch_problem",
     "check_dry_run",
     "check_study",
     "inspect_study",
@@ -87,36 +92,36 @@ class StudyCheck:
     def error_message(self) -> str | None:
         """One line: the first error (and how many more), else the missing paths."""
         if self.errors:
-            more = len(self.errors) - 1 + len(self.missing)
-            return self.errors[0] + (f" (and {more} more problem{'s' * (more > 1)})" * (more > 0))
+            return one_line(self.errors + [str(m) for m in self.missing])
         if self.missing:
             first = self.missing[0]
             more = len(self.missing) - 1
-            also = f", and {more} more missing path{'s' * (more > 1)}" if more else ""
+            also = f" (and {more} more missing path{'s' * (more > 1)})" if more else ""
             return (
-                f"{first.kind} {first.path} does not exist ({first.field}{also}); edit the "
+                f"{first.field}: {first.kind} {first.path} does not exist{also}; edit the "
                 "paths in the config (--dry-run lists every missing one)"
             )
         return None
 
 
-def check_study(config: StudyConfig, out: str | os.PathLike[str] | None = None) -> None:
-    """Raise one ``MergeError`` line for the first problem that would stop ``config``
-    (into ``out``) on this machine; see the module doc. Creates and trains nothing."""
-    found = inspect_study(config, out, device=True)
-    message = found.error_message()
+def _raise(config: StudyConfig, message: str | None) -> None:
     if message is not None:
-        raise MergeError(message)
+        raise ConfigError(f"{config.path}: {message}" if config.path else message)
 
 
-def check_dry_run(
-    config: StudyConfig, out: str | os.PathLike[str] | None = None
-) -> list[MissingPath]:
+def check_study(config: StudyConfig) -> None:
+    """Raise one ``ConfigError`` line (the config file, the key, the problem) for the first
+    problem that would stop ``config`` on this machine; see the module doc. Creates and
+    trains nothing."""
+    _raise(config, inspect_study(config, device=True).error_message())
+
+
+def check_dry_run(config: StudyConfig) -> list[MissingPath]:
     """:func:`check_study` for a dry run: the same errors, except that missing dataset and
     checkpoint paths are returned (to print as a warning) and the device is not checked."""
-    found = inspect_study(config, out, device=False)
+    found = inspect_study(config, device=False)
     if found.errors:
-        raise MergeError(StudyCheck(errors=found.errors).error_message())
+        _raise(config, StudyCheck(errors=found.errors).error_message())
     return found.missing
 
 
@@ -130,22 +135,19 @@ def missing_warning(missing: Sequence[MissingPath]) -> str:
     return "\n".join(lines + [f"  - {m}" for m in missing])
 
 
-def inspect_study(
-    config: StudyConfig, out: str | os.PathLike[str] | None = None, *, device: bool = True
-) -> StudyCheck:
+def inspect_study(config: StudyConfig, *, device: bool = True) -> StudyCheck:
     """Every problem of ``config`` (see the module doc), without raising."""
     checker = _Checker(config)
     try:  # a config changed with model_copy(update=...) was not validated again
         StudyConfig.model_validate(config.model_dump(exclude_unset=True))
     except ValidationError as exc:
         for err in exc.errors():
-            checker.error(_field(*err["loc"]) or "study config", _pydantic_message(err, None))
+            where = _field(*err["loc"]) or "study config"
+            checker.error(where, _pydantic_message(err, StudyConfig))
     checker.archs()
     checker.datasets()
     checker.recipes()
     checker.templates()
-    if out is not None:
-        checker.out(Path(out))
     if device:
         checker.device()
     return StudyCheck(errors=checker.errors, missing=list(checker.missing.values()))
@@ -154,77 +156,11 @@ def inspect_study(
 # ----------------------------------------------------------------------------- helpers
 
 
-def _field(*parts: str | int) -> str:
-    """``("cross_task", "pairs", 0, 1)`` -> ``cross_task.pairs[0][1]``."""
-    text = ""
-    for part in parts:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        else:
-            text += f".{part}" if text else str(part)
-    return text
-
-
-def _suggest(name: str, known: Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(known), n=1)
-    return f"; did you mean {close[0]}?" if close else ""
-
-
-def arch_problem(arch: str) -> str | None:
-    """Why ``arch`` names no model :func:`mergelab.models.build_model` can build, or None.
-
-    Resolves names only (torchvision's list, ``timm.is_model``); builds nothing."""
-    from mergelab.models.builtin import BUILTINS
-
-    prefix, sep, name = arch.partition(":")
-    if sep:
-        if prefix in ("tv", "torchvision"):
-            from mergelab.models.registry import torchvision_classifiers
-
-            known = torchvision_classifiers()
-            if name in known:
-                return None
-            return f"unknown torchvision classifier {name!r}{_suggest(name, known)}"
-        if prefix == "timm":
-            try:
-                import timm
-            except ImportError:
-                return "timm models need timm: pip install 'mergelab[models]'"
-            if timm.is_model(name):
-                return None
-            return f"unknown timm model {name!r} (see timm.list_models())"
-        return f"unknown model source {prefix!r} in {arch!r}; use 'tv:' or 'timm:'"
-    if arch in BUILTINS:
-        return None
-    from mergelab.models.registry import torchvision_classifiers
-
-    if arch in torchvision_classifiers():
-        return None
-    try:
-        import timm
-
-        if timm.is_model(arch):
-            return None
-    except ImportError:
-        pass
-    return (
-        f"unknown architecture {arch!r}{_suggest(arch, BUILTINS)} (built-ins: "
-        f"{', '.join(BUILTINS)}; others: 'tv:<torchvision name>' or 'timm:<timm name>')"
-    )
-
-
 def _pydantic_message(err: dict[str, Any], model: type[BaseModel] | None) -> str:
-    if err["type"] == "extra_forbidden":
-        key = str(err["loc"][-1])
-        known = [] if model is None else list(model.model_fields)
-        if model is not None and model.__name__ == "IngredientRecipe":
-            known = [k for k in known if k not in _SET_BY_STUDY] + list(_INPUT_FIELDS)
-        hint = _suggest(key, known) or (f" (known: {', '.join(known)})" if known else "")
-        return f"unknown field{hint}"
-    msg = str(err["msg"])
-    for prefix in ("Value error, ", "Assertion failed, "):
-        msg = msg.removeprefix(prefix)
-    return msg
+    known: list[str] = []
+    if err["type"] == "extra_forbidden" and model is IngredientRecipe:
+        known = [k for k in model.model_fields if k not in _SET_BY_STUDY] + list(_INPUT_FIELDS)
+    return describe(err, model, known)
 
 
 class _Checker:
@@ -233,6 +169,7 @@ class _Checker:
         self.errors: list[str] = []
         self.missing: dict[str, MissingPath] = {}
         self._arch_problems: dict[str, str | None] = {}
+        self.dataset_fields: dict[str, str] = {}
 
     def error(self, where: str, message: str) -> None:
         """Record one line (the first problem of each field only)."""
@@ -286,38 +223,12 @@ class _Checker:
 
     def dataset(self, spec: str, where: str) -> None:
         """A spec names a known dataset, with a path where it needs one, that exists."""
-        from mergelab.data import registry
-        from mergelab.data.errors import DatasetError
-        from mergelab.data.subset import parse_classes, split_subset
-
-        try:
-            base, subset = split_subset(spec)
-            if subset is not None:
-                parse_classes(subset, spec=spec)
-            name, rest = registry.parse_spec(base)
-        except DatasetError as exc:
-            self.error(where, str(exc))
-            return
-        entry = registry.DATASETS.get(name)
-        if entry is None:
-            known = registry.known_datasets()
-            self.error(
-                where,
-                f"unknown dataset {name!r}{_suggest(name, known)} (known: {', '.join(known)})",
-            )
-            return
-        if not entry.needs_path:
-            if rest is not None:
-                self.error(where, f"{name} is built in and takes no path (got {rest!r})")
-            return
-        if rest is None:
-            self.error(where, f"{name} needs a path: {entry.help}")
-            return
-        path = rest
-        if name == "celeba":
-            path, _ = registry._split_celeba_attribute(rest, None)
-        if not Path(path).expanduser().exists():
-            self.lost(path, where, "dataset")
+        self.dataset_fields.setdefault(spec, where)
+        problem, missing = dataset_problem(spec)
+        if problem is not None:
+            self.error(where, problem)
+        elif missing is not None:
+            self.lost(missing, where, "dataset")
 
     # -- recipes -------------------------------------------------------------------------
 
@@ -355,6 +266,27 @@ class _Checker:
                 self.init(recipe.init, self.origin(arch, dataset, mode, ("init",))[0])
             if recipe.source is not None and recipe.init is None:
                 self.dataset(recipe.source, self.origin(arch, dataset, mode, ("source",))[0])
+        if not self.errors:
+            self.builds(ctx.built)
+
+    def builds(self, built: Sequence[tuple[IngredientRecipe, str, str, str]]) -> None:
+        """Every model of every recipe builds for, and runs on, its dataset's input."""
+        arch_field = {a: where for a, where in reversed(self.arch_fields())}
+        seen: set[str] = set()
+        for recipe, dataset, arch, mode in built:
+            key = recipe.model_dump_json(include={"dataset", "arch", "model_kwargs", "source"})
+            key += recipe.model_dump_json(include={"in_chans", "img_size", "head", "init"})
+            if key in seen:
+                continue
+            seen.add(key)
+            for name, problem in recipe.input_problems(self.config.split_seed):
+                if name == "arch":
+                    where = arch_field.get(arch, "archs")
+                elif name == "dataset":
+                    where = self.dataset_fields.get(dataset, "datasets")
+                else:
+                    where = self.origin(arch, dataset, mode, (name,))[0]
+                self.error(where, problem)
 
     def init(self, init: str, where: str) -> None:
         from mergelab.train.config import is_config_hash
@@ -446,22 +378,6 @@ class _Checker:
         )
 
     # -- the machine ---------------------------------------------------------------------
-
-    def out(self, out: Path) -> None:
-        path = out.expanduser()
-        if path.exists():
-            if not path.is_dir():
-                self.error(f"output folder {out}", "is a file, not a folder")
-            elif not os.access(path, os.W_OK | os.X_OK):
-                self.error(f"output folder {out}", "not writable")
-            return
-        for parent in path.absolute().parents:
-            if parent.exists():
-                if not parent.is_dir():
-                    self.error(f"output folder {out}", f"{parent} is a file, not a folder")
-                elif not os.access(parent, os.W_OK | os.X_OK):
-                    self.error(f"output folder {out}", f"cannot be created in {parent}")
-                return
 
     def device(self) -> None:
         device = self.config.device

@@ -60,7 +60,7 @@ class TrainSettings(BaseModel):
     every step sees the same batch size, which BatchNorm likes).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(0.05, gt=0)
@@ -144,9 +144,9 @@ class TrainConfig(TrainSettings):
     """Seed of the dataset's train/val/test split (``load_dataset(seed=)``)."""
     arch: str = "mlp"
     model_kwargs: dict[str, Any] = {}
-    in_chans: int | None = None
+    in_chans: Literal[1, 3] | None = None
     """Model input channels; None = the dataset's."""
-    img_size: int | None = None
+    img_size: int | None = Field(None, ge=1)
     """Model input side; None = the dataset's."""
     seed: int = 0
     data_seed: int = 0

@@ -29,17 +29,32 @@ one recipe, :func:`mergelab.train.pool.train_recipes` several in one pool of pro
 
 from __future__ import annotations
 
+import difflib
+import functools
+import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from mergelab.train.config import TrainConfig, TrainSettings
-from mergelab.yamlfile import read_mapping, validate
+from mergelab.errors import ConfigError
+from mergelab.train.config import TrainConfig, TrainSettings, is_config_hash
+from mergelab.yamlfile import one_line, read_mapping, validate
 
-__all__ = ["IngredientRecipe", "make_ingredients", "start_checkpoint"]
+if TYPE_CHECKING:
+    from mergelab.data import DatasetInfo
+
+__all__ = [
+    "IngredientRecipe",
+    "arch_problem",
+    "build_problem",
+    "dataset_problem",
+    "embedded_info",
+    "make_ingredients",
+    "start_checkpoint",
+]
 
 # Offsets that keep init seeds and data-order seeds of all runs of a recipe apart.
 _RUN_SEED = 1
@@ -49,14 +64,14 @@ _DATA_SEED = 10_000
 class IngredientRecipe(BaseModel):
     """How to make the N ingredients of a merging experiment."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     dataset: str = "digits"
-    split_seed: int = 0
+    split_seed: int = Field(0, ge=0)
     arch: str = "mlp"
     model_kwargs: dict[str, Any] = {}
-    in_chans: int | None = None
-    img_size: int | None = None
+    in_chans: Literal[1, 3] | None = None
+    img_size: int | None = Field(None, ge=1)
     n_models: int = Field(10, ge=1)
     mode: Literal["shared", "independent"] = "shared"
     seed: int = 0
@@ -102,9 +117,75 @@ class IngredientRecipe(BaseModel):
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str]) -> IngredientRecipe:
-        """Read and validate a recipe file; problems become a ``MergeError`` naming fields."""
+        """Read and check a recipe file before anything trains: a bad value, an unknown
+        arch or dataset, a missing file or a model that cannot take the dataset's input
+        raises one ``ConfigError`` line naming the file and the key."""
         path = Path(path)
-        return validate(cls, read_mapping(path, "training recipe"), path, "training recipe")
+        data = read_mapping(path, "training recipe", ConfigError)
+        recipe = validate(cls, data, path, "training recipe", ConfigError)
+        problems = recipe.problems()
+        if problems:
+            raise ConfigError(f"{path}: {one_line(problems)}")
+        return recipe
+
+    def problems(self) -> list[str]:
+        """``key: problem`` for each name that resolves to nothing here (arch, dataset,
+        source, init file) and for a model that cannot be built for the dataset's input;
+        checked in seconds, reading no on-disk data."""
+        out = []
+        arch = arch_problem(self.arch)
+        if arch is not None:
+            out.append(f"arch: {arch}")
+        source = self.source if self.mode == "shared" and self.init is None else None
+        for key, spec in (("dataset", self.dataset), ("source", source)):
+            if spec is None:
+                continue
+            problem, missing = dataset_problem(spec)
+            if problem is None and missing is not None:
+                problem = f"{missing} does not exist"
+            if problem is not None:
+                out.append(f"{key}: {problem}")
+        if self.init is not None and self.mode == "shared" and not is_config_hash(self.init):
+            init = Path(self.init).expanduser()
+            if not init.is_file():
+                what = "is a folder" if init.is_dir() else "does not exist"
+                out.append(f"init: {self.init} {what}; init is a checkpoint file")
+        if not out:
+            out += [f"{key}: {why}" for key, why in self.input_problems(self.split_seed)]
+        return out
+
+    def input_problems(self, split_seed: int) -> list[tuple[str, str]]:
+        """(key, problem) where the model cannot take the dataset's input or its start's
+        head does not fit: checked for datasets that need no files (cheap to read), and
+        for any dataset when ``in_chans`` and ``img_size`` are both given."""
+        from mergelab.data.errors import DatasetError
+
+        try:
+            info = embedded_info(self.dataset, split_seed)
+            start = embedded_info(self.source, split_seed) if self._other_source() else None
+        except DatasetError as exc:  # a class subset outside the dataset's classes
+            key = "source" if self._other_source() and self.source in str(exc) else "dataset"
+            return [(key, str(exc))]
+        in_chans = self.in_chans or (info.channels if info else None)
+        img_size = self.img_size or (info.image_size[0] if info else None)
+        if in_chans is None or img_size is None:
+            return []
+        classes = info.num_classes if info else 2
+        problem = build_problem(
+            self.arch, self.model_kwargs, num_classes=classes, in_chans=in_chans, img_size=img_size
+        )
+        if problem is not None:
+            key = "model_kwargs" if self.model_kwargs else "arch"
+            return [(key, f"{self.arch} cannot be built for {self.dataset}: {problem}")]
+        if start and info and self.head == "keep" and start.num_classes != classes:
+            return [
+                (
+                    "head",
+                    f"keep fine-tunes the start's head, but {self.source} has "
+                    f"{start.num_classes} classes and {self.dataset} {classes} (allowed: fresh)",
+                )
+            ]
+        return []
 
     def _other_source(self) -> bool:
         return (
@@ -243,3 +324,140 @@ def start_checkpoint(
     if start is None:
         return None
     return checkpoint_path(start, cache_dir if cache_dir is not None else default_train_cache())
+
+
+def _suggest(name: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def arch_problem(arch: str) -> str | None:
+    """Why ``arch`` names no model :func:`mergelab.models.build_model` can build, or None.
+
+    Resolves names only (torchvision's list, ``timm.is_model``); builds nothing."""
+    from mergelab.models.builtin import BUILTINS
+    from mergelab.models.registry import torchvision_classifiers
+
+    prefix, sep, name = arch.partition(":")
+    if sep:
+        if prefix in ("tv", "torchvision"):
+            known = torchvision_classifiers()
+            if name in known:
+                return None
+            return (
+                f"unknown torchvision classifier {name!r}{_suggest(name, known)} "
+                "(allowed: torchvision.models.list_models(module=torchvision.models))"
+            )
+        if prefix == "timm":
+            try:
+                import timm
+            except ImportError:
+                return "timm models need timm: pip install 'mergelab[models]'"
+            if timm.is_model(name):
+                return None
+            return f"unknown timm model {name!r} (allowed: timm.list_models())"
+        return f"unknown model source {prefix!r} in {arch!r} (allowed: tv:NAME, timm:NAME)"
+    if arch in BUILTINS or arch in torchvision_classifiers():
+        return None
+    try:
+        import timm
+
+        if timm.is_model(arch):
+            return None
+    except ImportError:
+        pass
+    return (
+        f"unknown architecture {arch!r}{_suggest(arch, BUILTINS)} (allowed: "
+        f"{', '.join(BUILTINS)}, tv:<torchvision name>, timm:<timm name>)"
+    )
+
+
+def dataset_problem(spec: str) -> tuple[str | None, str | None]:
+    """(why ``spec`` names no dataset, or None; the path it reads that is not on this
+    machine, or None). Reads no data."""
+    from mergelab.data import registry
+    from mergelab.data.errors import DatasetError
+    from mergelab.data.subset import parse_classes, split_subset
+
+    try:
+        base, subset = split_subset(spec)
+        if subset is not None:
+            parse_classes(subset, spec=spec)
+        name, rest = registry.parse_spec(base)
+    except DatasetError as exc:
+        return str(exc), None
+    entry = registry.DATASETS.get(name)
+    if entry is None:
+        known = registry.known_datasets()
+        hint = _suggest(name, known)
+        return f"unknown dataset {name!r}{hint} (allowed: {', '.join(known)})", None
+    if not entry.needs_path:
+        if rest is not None:
+            return f"{name} is built in and takes no path (got {rest!r})", None
+        return None, None
+    if rest is None:
+        return f"{name} needs a path: {entry.help}", None
+    path = registry._split_celeba_attribute(rest, None)[0] if name == "celeba" else rest
+    return None, (None if Path(path).expanduser().exists() else path)
+
+
+@functools.lru_cache(maxsize=32)
+def embedded_info(spec: str | None, split_seed: int) -> DatasetInfo | None:
+    """The info of a dataset that needs no files (digits, mnist5k: read in about a
+    second), None for others; a bad class subset raises ``DatasetError``."""
+    from mergelab.data import load_dataset, registry
+
+    if spec is None or dataset_problem(spec) != (None, None):
+        return None
+    name = spec.partition("[")[0].partition(":")[0].strip().lower()
+    if registry.DATASETS[name].needs_path:
+        return None
+    return load_dataset(spec, seed=split_seed).info
+
+
+def build_problem(
+    arch: str, model_kwargs: dict[str, Any], *, num_classes: int, in_chans: int, img_size: int
+) -> str | None:
+    """Why ``arch`` cannot be built for, or cannot run on, a ``in_chans`` x ``img_size``
+    image (one line), or None. Built on the meta device (on the CPU where that fails) and
+    run on meta tensors: no memory, no compute."""
+    return _build_problem(
+        arch, json.dumps(model_kwargs, sort_keys=True), num_classes, in_chans, img_size
+    )
+
+
+@functools.lru_cache(maxsize=128)
+def _build_problem(
+    arch: str, kwargs: str, num_classes: int, in_chans: int, img_size: int
+) -> str | None:
+    import torch
+
+    from mergelab.models import build_model
+
+    def build() -> torch.nn.Module:
+        return build_model(
+            arch, num_classes, in_chans=in_chans, img_size=img_size, **json.loads(kwargs)
+        )
+
+    shape = f"{in_chans}x{img_size}x{img_size} input"
+    try:
+        try:
+            with torch.device("meta"):
+                model = build()
+        except Exception:  # some constructors read tensor values: build for real
+            model = build().to("meta")
+    except Exception as exc:
+        return f"{_reason(exc)} (building it for {shape}, {num_classes} classes)"
+    try:
+        with torch.no_grad():
+            model.eval()(torch.empty(2, in_chans, img_size, img_size, device="meta"))
+    except NotImplementedError:
+        return None  # an operator without a meta kernel: cannot tell here
+    except Exception as exc:
+        return f"{_reason(exc)} (running it on {shape})"
+    return None
+
+
+def _reason(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
