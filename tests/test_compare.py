@@ -237,14 +237,23 @@ def test_input_spec_follows_in_chans_and_img_size(digits: DatasetSplits, tmp_pat
     assert all("-c3s16n-" in p.name for p in tmp_path.iterdir())
     ones = report.frame[report.frame.method == "Individual"]
     assert ones["params"].iloc[0] == sum(p.numel() for p in model.parameters())
-    with pytest.raises(MergelabError, match="does not fit"):  # native 1x8x8 input: wrong size
-        run_compare(
-            [model.state_dict()], arch="mlp", data=digits, cache_dir=tmp_path, progress=False
-        )
+    # Without the options, the MLP's 768 = 3x16x16 inputs say the same.
+    again = run_compare(
+        [model.state_dict()], arch="mlp", data=digits, cache_dir=tmp_path, progress=False
+    )
+    assert again.evaluator.input_shape == (3, 16, 16)
+    assert again.passes["model"]["passes"] == 0  # the same inputs: all from the cache
+    assert again.notes[0] == (
+        "in_chans 3 (layers.0.weight), img_size 16 (layers.0.weight), "
+        "num_classes 10 (head.weight) read from model1"
+    )
+    assert again.notes[1] == (
+        "digits images (1x8x8) adapted to the model: grey repeated to RGB, resized to 16x16"
+    )
 
 
 def test_user_errors(digits: DatasetSplits, ckpts: list[Path], tmp_path: Path) -> None:
-    with pytest.raises(MergelabError, match="num_classes=7"):
+    with pytest.raises(MergelabError, match=r"^--num-classes 7, but digits has 10 classes$"):
         _run(digits, ckpts, tmp_path, num_classes=7)
     with pytest.raises(MergelabError, match="no such file"):
         _run(digits, [tmp_path / "missing.safetensors"], tmp_path)
@@ -294,3 +303,191 @@ def test_in_memory_state_dicts_are_cached_by_content(
     changed[0]["head.bias"] = changed[0]["head.bias"] + 0.5
     third = run_compare(changed, arch="mlp", data=digits, cache_dir=tmp_path, progress=False)
     assert third.passes["model"]["passes"] == 2  # only the changed model, on val and test
+
+
+# -- checkpoints say what they take (issue 10, items 7-9) ----------------------------------
+
+
+def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    from mergelab.cli import main
+
+    rc = main(["compare", "--no-progress", *argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.fixture(scope="module")
+def resnet18_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Two ordinary 3-channel torchvision resnet18 checkpoints, as .pt and .safetensors."""
+    import torchvision
+
+    folder = tmp_path_factory.mktemp("resnet18")
+    paths = [folder / "r0.pt", folder / "r1.safetensors"]
+    for seed, path in enumerate(paths):
+        torch.manual_seed(seed)
+        sd = torchvision.models.resnet18(num_classes=10).state_dict()
+        if path.suffix == ".pt":
+            torch.save(sd, path)
+        else:
+            save_file(sd, str(path))
+    return paths
+
+
+def test_torchvision_resnet18_checkpoints_need_no_input_options(
+    resnet18_files: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    rc, text, err = _cli(
+        ["--arch", "resnet18", "--data", "digits", "--models", *map(str, resnet18_files),
+         "--cache-dir", str(tmp_path / "c"), "--out", str(out)],
+        capsys,
+    )  # fmt: skip
+    assert (rc, err) == (0, "")
+    assert (
+        f"note: in_chans 3 (conv1.weight), num_classes 10 (fc.weight) read from "
+        f"{resnet18_files[0]} and the 1 other model(s), which agree\n"
+    ) in text
+    assert "note: digits images (1x8x8) adapted to the model: grey repeated to RGB\n" in text
+    df = pd.read_csv(out / "results.csv")
+    acc = df[df.metric == "accuracy"]
+    assert set(acc["method"]) == METHODS
+    assert len(acc) == (2 + 11) * 2 and acc["value"].between(0, 1).all()
+
+
+def test_in_chans_against_the_checkpoint_is_one_line(
+    resnet18_files: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc, text, err = _cli(
+        ["--arch", "resnet18", "--data", "digits", "--models", *map(str, resnet18_files),
+         "--in-chans", "1", "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "out")],
+        capsys,
+    )  # fmt: skip
+    assert (rc, text) == (2, "")
+    assert err == (
+        f"mergelab: error: --in-chans 1, but {resnet18_files[0]} has conv1.weight "
+        f"(64, 3, 7, 7), which means 3 input channels\n"
+    )
+    assert not (tmp_path / "c").exists() and list((tmp_path / "out").iterdir()) == []
+
+
+def _save(sd: dict, path: Path) -> Path:
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    return path
+
+
+def test_one_channel_builtin_checkpoint_runs_on_native_images(
+    digits: DatasetSplits, tmp_path: Path
+) -> None:
+    path = _save(
+        build_model("cnn", 10, in_chans=1, img_size=8).state_dict(), tmp_path / "c.safetensors"
+    )
+    report = run_compare([path], arch="cnn", data=digits, cache_dir=tmp_path, progress=False)
+    assert report.evaluator.spec is None and report.evaluator.input_shape == (1, 8, 8)
+    assert report.notes == [
+        f"in_chans 1 (features.0.weight), num_classes 10 (head.weight) read from {path}"
+    ]
+    assert report.frame["value"].notna().all()
+
+
+def test_checkpoints_that_disagree_name_both_files(digits: DatasetSplits, tmp_path: Path) -> None:
+    grey = _save(build_model("cnn", 10, in_chans=1).state_dict(), tmp_path / "grey.safetensors")
+    rgb = _save(build_model("cnn", 10, in_chans=3).state_dict(), tmp_path / "rgb.safetensors")
+    with pytest.raises(MergelabError) as err:
+        run_compare([grey, rgb], arch="cnn", data=digits, cache_dir=tmp_path, progress=False)
+    assert str(err.value) == (
+        f"{grey} has features.0.weight (32, 1, 3, 3) (1 input channel) but {rgb} has "
+        f"features.0.weight (32, 3, 3, 3) (3 input channels); the models of one comparison "
+        f"must agree"
+    )
+
+
+def test_classes_of_the_checkpoint_must_be_the_datasets(
+    digits: DatasetSplits, tmp_path: Path
+) -> None:
+    seven = _save(build_model("cnn", 7, in_chans=1).state_dict(), tmp_path / "seven.safetensors")
+    with pytest.raises(MergelabError) as err:
+        run_compare([seven], arch="cnn", data=digits, cache_dir=tmp_path, progress=False)
+    assert str(err.value) == (
+        f"{seven} has head.weight (7, 128), which means 7 classes, but digits has 10 classes"
+    )
+    with pytest.raises(MergelabError, match=r"^--num-classes 7, but digits has 10 classes$"):
+        run_compare(
+            [seven], arch="cnn", data=digits, num_classes=7, cache_dir=tmp_path, progress=False
+        )
+
+
+def test_vit_image_size_is_read_from_its_position_embedding(
+    digits: DatasetSplits, tmp_path: Path
+) -> None:
+    vit = _save(
+        build_model("vit_small", 10, in_chans=1, img_size=16).state_dict(),
+        tmp_path / "v.safetensors",
+    )
+    report = run_compare([vit], arch="vit_small", data=digits, cache_dir=tmp_path, progress=False)
+    assert report.evaluator.input_shape == (1, 16, 16)
+    assert report.notes[1] == "digits images (1x8x8) adapted to the model: resized to 16x16"
+    with pytest.raises(MergelabError) as err:
+        run_compare(
+            [vit], arch="vit_small", data=digits, img_size=8, cache_dir=tmp_path, progress=False
+        )
+    assert str(err.value) == (
+        f"--img-size 8, but {vit} has pos_embed (1, 17, 64), which means 16x16 images"
+    )
+
+
+def test_soup_of_float16_and_float32_checkpoints_without_counters(
+    digits: DatasetSplits, tmp_path: Path
+) -> None:
+    """No "--dtype" advice (compare has no such option) and no "model 1": the soup averages
+    in float32, and a file without BatchNorm counters (old torchvision) merges with one
+    that has them."""
+    torch.manual_seed(0)
+    a, b = (build_model("resnet8", 10, in_chans=1).state_dict() for _ in range(2))
+    half = {k: v.half() if v.is_floating_point() else v for k, v in a.items()}
+    old = {k: v for k, v in half.items() if not k.endswith("num_batches_tracked")}
+    paths = [_save(old, tmp_path / "half.safetensors"), _save(b, tmp_path / "full.safetensors")]
+    report = run_compare(paths, arch="resnet8", data=digits, cache_dir=tmp_path, progress=False)
+    soup = report.combinations["Uniform Soup"]
+    assert soup.members == (0, 1)
+    average = {
+        k: (a[k].half().float() + v) / 2 if v.is_floating_point() else v for k, v in b.items()
+    }
+    direct = report.evaluator.outputs(ModelSource("average", state_dict=average), "test")
+    np.testing.assert_allclose(soup.logits["test"], direct.logits, rtol=1e-5, atol=1e-5)
+
+
+def test_out_that_is_a_file_is_one_line_and_nothing_is_written(
+    ckpts: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "results"
+    out.write_text("mine\n")
+    rc, text, err = _cli(
+        ["--arch", "mlp", "--data", "digits", "--models", str(ckpts[0]), "--out", str(out),
+         "--cache-dir", str(tmp_path / "c")],
+        capsys,
+    )  # fmt: skip
+    assert (rc, text, err) == (2, "", f"mergelab: error: --out {out}: is a file, not a folder\n")
+    assert out.read_text() == "mine\n" and not (tmp_path / "c").exists()
+
+
+def test_read_only_out_is_one_line_and_nothing_is_written(
+    ckpts: list[Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    out = tmp_path / "ro"
+    out.mkdir()
+    out.chmod(0o555)
+    real_access = os.access  # root may write anywhere: make the folder read-only for it too
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != out and real_access(p, mode))
+    try:
+        rc, text, err = _cli(
+            ["--arch", "mlp", "--data", "digits", "--models", str(ckpts[0]), "--out", str(out),
+             "--cache-dir", str(tmp_path / "c")],
+            capsys,
+        )  # fmt: skip
+    finally:
+        out.chmod(0o755)
+    assert (rc, text, err) == (2, "", f"mergelab: error: --out {out}: folder is not writable\n")
+    assert list(out.iterdir()) == [] and not (tmp_path / "c").exists()

@@ -19,18 +19,22 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
+from mergelab.atomic import atomic_write_text
+from mergelab.checks import output_folder, regular_file
 from mergelab.combine import METHODS, Combination, Ingredient, rank_by_score, run_combinations
 from mergelab.data import DatasetSplits, ImageSpec, load_dataset
-from mergelab.errors import MergeError
+from mergelab.data.info import DatasetInfo
+from mergelab.errors import ConfigError, MergeError
 from mergelab.evaluate import (
     Evaluator,
     ModelSource,
-    atomic_write_bytes,
     compute_metrics,
     default_cache_dir,
     primary_metric,
 )
+from mergelab.models.infer import CHANNELS, Fact, checkpoint_shapes, read_input
 from mergelab.results import RESULT_COLUMNS, correct_examples
 
 __all__ = [
@@ -83,6 +87,49 @@ class CompareReport:
     examples: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
 
+class _CompareSource(ModelSource):
+    """A checkpoint as compare's float32 model holds it: floating tensors in float32 and
+    BatchNorm counters the file lacks (old torchvision files) filled in, so that a soup of
+    float16 and float32 checkpoints, or of old and new files, averages like tensors instead
+    of failing. The content hash stays that of the file (or state dict) as given."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._counters: dict[str, torch.Tensor] = {}
+        self._weights: dict[str, torch.Tensor] | None = None
+
+    def fill_counters(self, counters: Mapping[str, torch.Tensor]) -> None:
+        """Tensors (name -> default) to add where the checkpoint lacks them."""
+        self._counters = dict(counters)
+        self._weights = None
+
+    @classmethod
+    def wrap(cls, obj: ModelLike, index: int) -> _CompareSource:
+        src = ModelSource.of(obj, index=index)
+        if src.path is not None:
+            if src.path.exists():  # hashing a FIFO would wait forever
+                regular_file(src.path, "--models takes checkpoint files and model folders")
+            return cls(src.name, path=src.path, digest=src.digest)
+        return cls(src.name, state_dict=src.state_dict(), digest=src.digest)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        if self._weights is None:
+            state = super().state_dict()
+            weights = {
+                k: v.float() if v.is_floating_point() and v.dtype != torch.float32 else v
+                for k, v in state.items()
+            }
+            for name, default in self._counters.items():
+                weights.setdefault(name, default)
+            super().release()  # keep one copy of a file's weights, not two
+            self._weights = weights
+        return self._weights
+
+    def release(self) -> None:
+        self._weights = None
+        super().release()
+
+
 def _names(sources: Sequence[ModelSource]) -> None:
     """Make model names unique (two ``model.safetensors`` in different folders)."""
     seen: dict[str, int] = {}
@@ -95,15 +142,109 @@ def _names(sources: Sequence[ModelSource]) -> None:
             s.name = f"{s.name}#{counts[s.name]}"
 
 
-def _spec(splits: DatasetSplits, in_chans: int | None, img_size: int | None) -> ImageSpec | None:
+_OPTIONS = {"in_chans": "--in-chans", "img_size": "--img-size", "num_classes": "--num-classes"}
+_MEANING = {
+    "in_chans": lambda v: f"{v} input channel{'s' * (v != 1)}",
+    "img_size": lambda v: f"{v}x{v} images",
+    "num_classes": lambda v: f"{v} class{'es' * (v != 1)}",
+}
+
+
+def _file(source: ModelSource) -> str:
+    return str(source.path) if source.path is not None else source.name
+
+
+def _read_inputs(
+    sources: Sequence[ModelSource], arch: str, head: str | None, given: Mapping[str, int | None]
+) -> dict[str, tuple[ModelSource, Fact]]:
+    """What the checkpoints fix (input channels, image size, classes), each with the first
+    file that says so. An explicit option must agree with every checkpoint, and the
+    checkpoints with each other; either conflict is one line naming files and tensors."""
+    found: dict[str, tuple[ModelSource, Fact]] = {}
+    for src in sources:
+        shapes = checkpoint_shapes(src.path if src.path is not None else src.state_dict())
+        for name, fact in read_input(arch, shapes, head=head).facts().items():
+            want = given[name]
+            if want is not None and fact.value != want:
+                raise ConfigError(
+                    f"{_OPTIONS[name]} {want}, but {_file(src)} has {fact}, which means "
+                    + _MEANING[name](fact.value)
+                )
+            first, seen = found.setdefault(name, (src, fact))
+            if seen.value != fact.value:
+                raise ConfigError(
+                    f"{_file(first)} has {seen} ({_MEANING[name](seen.value)}) but "
+                    f"{_file(src)} has {fact} ({_MEANING[name](fact.value)}); the "
+                    f"models of one comparison must agree"
+                )
+    return found
+
+
+def _spec(info: DatasetInfo, in_chans: int | None, img_size: int | None) -> ImageSpec | None:
     """The model's input: native channels and size unless ``in_chans``/``img_size`` say."""
     if in_chans is None and img_size is None:
         return None
-    info = splits.info
+    if in_chans is not None and in_chans not in CHANNELS:
+        raise ConfigError(f"--in-chans {in_chans}: images can be given 1 or 3 channels")
+    if img_size is not None and img_size < 1:
+        raise ConfigError(f"--img-size {img_size}: must be positive")
     return ImageSpec(
         channels=in_chans if in_chans is not None else info.channels,
         size=img_size if img_size is not None else info.image_size[0],
     )
+
+
+def _model_input(
+    info: DatasetInfo,
+    found: Mapping[str, tuple[ModelSource, Fact]],
+    given: Mapping[str, int | None],
+    n_models: int,
+) -> tuple[int | None, ImageSpec | None, list[str]]:
+    """``num_classes`` and the input spec from the options, else from the checkpoints (the
+    data adapts to the model), and notes saying what was read and how images adapt."""
+    kind = "labels" if info.multilabel else "classes"
+    classes = given["num_classes"]
+    if "num_classes" in found and classes is None:
+        src, fact = found["num_classes"]
+        if fact.value != info.num_classes:
+            raise ConfigError(
+                f"{_file(src)} has {fact}, which means {fact.value} {kind}, but {info.name} "
+                f"has {info.num_classes} {kind}"
+            )
+        classes = fact.value
+    chans, size = given["in_chans"], given["img_size"]
+    if chans is None and "in_chans" in found:
+        src, fact = found["in_chans"]
+        if fact.value not in CHANNELS:
+            raise ConfigError(
+                f"{_file(src)} has {fact}, which means {fact.value} input channels; images "
+                f"can be given 1 or 3"
+            )
+        chans = fact.value if fact.value != info.channels else None
+    if size is None and "img_size" in found:
+        fact = found["img_size"][1]
+        size = fact.value if (fact.value, fact.value) != tuple(info.image_size) else None
+    spec = _spec(info, chans, size)
+    notes = []
+    read = [n for n in _OPTIONS if n in found and given[n] is None]
+    if read:
+        facts = ", ".join(f"{n} {found[n][1].value} ({found[n][1].tensor})" for n in read)
+        first = _file(found[read[0]][0])
+        others = f" and the {n_models - 1} other model(s), which agree" if n_models > 1 else ""
+        notes.append(f"{facts} read from {first}{others}")
+    if spec is not None:
+        h, w = info.image_size
+        how = []
+        if spec.channels != info.channels:
+            how.append("grey repeated to RGB" if spec.channels == 3 else "RGB to grey (luma)")
+        if (spec.size, spec.size) != (h, w):
+            how.append(f"resized to {spec.size}x{spec.size}")
+        if how:
+            notes.append(
+                f"{info.name} images ({info.channels}x{h}x{w}) adapted to the model: "
+                + ", ".join(how)
+            )
+    return classes, spec, notes
 
 
 def _single_class_notes(ev: Evaluator) -> list[str]:
@@ -144,31 +285,41 @@ def run_compare(
     t_start = time.perf_counter()
     if not models:
         raise MergeError("compare: give at least one model")
+    # A file or read-only folder as ``out`` is refused before any work.
+    folder = output_folder(Path(out).expanduser()) if out is not None else None
     splits = data if isinstance(data, DatasetSplits) else load_dataset(data, seed=seed)
     info = splits.info
     if num_classes is not None and num_classes != info.num_classes:
-        raise MergeError(
-            f"num_classes={num_classes} but {info.name} has {info.num_classes} "
-            f"{'labels' if info.multilabel else 'classes'}"
+        kind = "labels" if info.multilabel else "classes"
+        raise ConfigError(
+            f"--num-classes {num_classes}, but {info.name} has {info.num_classes} {kind}"
         )
+    # Wrapping hashes every model now: a missing file fails before any work.
+    sources = [_CompareSource.wrap(m, i) for i, m in enumerate(models)]
+    _names(sources)
+    given = {"in_chans": in_chans, "img_size": img_size, "num_classes": num_classes}
+    found = _read_inputs(sources, arch, head, given)
+    num_classes, spec, notes = _model_input(info, found, given, len(sources))
     cache_root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     ev = Evaluator(
         splits,
         arch=arch,
         num_classes=num_classes,
         head=head,
-        spec=_spec(splits, in_chans, img_size),
+        spec=spec,
         batch_size=batch_size,
         cache_dir=cache_root,
         device=device,
         progress=progress,
         bn_batches=bn_batches,
     )
-    sources = [ModelSource.of(m, index=i) for i, m in enumerate(models)]
-    _names(sources)
+    counters = {  # BatchNorm fills a missing counter in itself; soups need it in every input
+        k: torch.zeros_like(v, device="cpu")
+        for k, v in ev.model.state_dict().items()  # builds once: a bad arch/head fails here
+        if k.endswith(".num_batches_tracked")
+    }
     for s in sources:
-        _ = s.digest  # hash now: a missing file fails before any work
-    ev.model  # noqa: B018 - build once; a bad arch/head fails before any pass
+        s.fill_counters(counters)
     t_loaded = time.perf_counter()
 
     counter = ev.counter
@@ -188,7 +339,7 @@ def run_compare(
 
     multilabel = info.multilabel
     metric_names = (primary_metric(multilabel), "nll", "ece")
-    notes = _single_class_notes(ev) if multilabel else []
+    notes += _single_class_notes(ev) if multilabel else []
     rows: list[dict[str, Any]] = []
     examples: dict[int, np.ndarray] = {}
 
@@ -317,8 +468,8 @@ def run_compare(
         for kind in ("model", "soup", "bn")
     }
     files: list[Path] = []
-    if out is not None:
-        files = write_results(frame, out)
+    if folder is not None:
+        files = write_results(frame, folder)
     timings["total"] = time.perf_counter() - t_start
     frame.attrs.update(
         {"timings": timings, "passes": passes, "notes": notes, "cache_dir": str(cache_root)}
@@ -331,16 +482,16 @@ def run_compare(
 def write_results(frame: pd.DataFrame, out: str | os.PathLike[str]) -> list[Path]:
     """Write ``OUT/results.csv`` and ``OUT/results.json`` (records; NaN as null), each
     atomically: a reader never sees a half-written file, a failure leaves the old one."""
-    folder = Path(out).expanduser()
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = output_folder(Path(out).expanduser())
     csv_text = frame.to_csv(index=False, lineterminator="\n")
     records = [
         {k: _json_value(v) for k, v in row.items()} for row in frame.to_dict(orient="records")
     ]
     json_text = json.dumps(records, indent=1, allow_nan=False) + "\n"
-    csv_path = atomic_write_bytes(folder / "results.csv", lambda fh: fh.write(csv_text.encode()))
-    json_path = atomic_write_bytes(folder / "results.json", lambda fh: fh.write(json_text.encode()))
-    return [csv_path, json_path]
+    return [
+        atomic_write_text(folder / "results.csv", csv_text),
+        atomic_write_text(folder / "results.json", json_text),
+    ]
 
 
 def _json_value(v: Any) -> Any:
@@ -374,8 +525,10 @@ def compare(
     Individual", Uniform/Greedy Soup and the five ensembles, on val and test.
 
     ``models`` are checkpoint paths or state dicts; ``data`` a ``load_dataset`` spec (split
-    with ``seed``) or loaded ``DatasetSplits``. Inputs are the dataset's native channels and
-    size unless ``in_chans``/``img_size`` are given. Selection (best individual, greedy
+    with ``seed``) or loaded ``DatasetSplits``. ``in_chans``, ``img_size`` (where the model
+    fixes it: ViTs, flat models) and ``num_classes`` are read from the checkpoints unless
+    given, and images adapt to them (channels repeated or turned grey, resized); otherwise
+    inputs keep the dataset's native channels and size. Selection (best individual, greedy
     choices) uses val only; greedy ensembles take the greedy soup's members, their "(own)"
     variants search on their own. ``bn_recalibrate``: re-estimate BatchNorm statistics of
     merged models on train data. Outputs are cached under ``cache_dir`` (default

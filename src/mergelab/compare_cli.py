@@ -19,18 +19,29 @@ def add_compare_parser(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Evaluate each checkpoint once on val and test (outputs cached by content), then "
             "compare Uniform/Greedy Soup and logit/feature ensembles; selection uses val only. "
-            "Example: mergelab compare --arch resnet18 --num-classes 100 "
+            "Input channels, a fixed image size and the classes are read from the checkpoints "
+            "and the images adapt to them. Example: mergelab compare --arch resnet18 "
             "--data cifar100:PATH --models ckpts/*.safetensors --out DIR"
         ),
     )
     p.add_argument("--arch", required=True, help="architecture (built-in, tv:NAME, timm:NAME)")
-    p.add_argument("--num-classes", type=int, help="classes (default: the dataset's)")
+    p.add_argument(
+        "--num-classes", type=int, help="classes (default: the checkpoints', else the dataset's)"
+    )
     p.add_argument("--data", required=True, help="dataset spec, e.g. digits or cifar100:PATH")
     p.add_argument("--models", nargs="+", required=True, metavar="CKPT", help="checkpoints")
     p.add_argument("--out", help="folder for results.csv and results.json")
     p.add_argument("--head", help="dotted name of the final nn.Linear (guessed by default)")
-    p.add_argument("--img-size", type=int, help="model input side (default: the dataset's)")
-    p.add_argument("--in-chans", type=int, help="model input channels (default: the dataset's)")
+    p.add_argument(
+        "--img-size",
+        type=int,
+        help="model input side (default: fixed by the checkpoints (ViT, MLP), else the dataset's)",
+    )
+    p.add_argument(
+        "--in-chans",
+        type=int,
+        help="model input channels, 1 or 3 (default: the checkpoints', else the dataset's)",
+    )
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
     p.add_argument("--seed", type=int, default=0, help="seed of the dataset's splits")
     p.add_argument(
@@ -59,8 +70,9 @@ def format_table(frame: Any) -> str:
     primary = next(m for m in frame["metric"].unique() if m not in ("nll", "ece"))
     columns = [("val", primary), ("test", primary), ("test", "nll"), ("test", "ece")]
     lines = []
+    width = max(20, *(len(m) for m in frame["method"]))
     header = (
-        f"{'method':<20} {'members':<24} "
+        f"{'method':<{width}} {'members':<24} "
         + " ".join(f"{s + ' ' + m:>13}" for s, m in columns)
         + f" {'params':>9} {'FLOPs':>9}"
     )
@@ -76,7 +88,7 @@ def format_table(frame: Any) -> str:
         n_all = rows["n_models"].iloc[0]
         label = members if len(members) <= 24 else f"{rows['n_members'].iloc[0]} of {n_all}"
         lines.append(
-            f"{method:<20} {label:<24} "
+            f"{method:<{width}} {label:<24} "
             + " ".join(values)
             + f" {_si(rows['params'].iloc[0]):>9} {_si(rows['flops'].iloc[0]):>9}"
         )
