@@ -8,12 +8,14 @@ method moves from the base and from the plain average.
 from __future__ import annotations
 
 import csv
+import io
 import os
 import time
 from pathlib import Path
 
 import numpy as np
 
+from mergelab.atomic import atomic_write_text
 from mergelab.engine import merge
 from mergelab.errors import MergeError
 from mergelab.fixtures import write_llama_fixture
@@ -84,11 +86,8 @@ def run_demo(
         )
         if progress:
             print(f"  {label:18s} {seconds:6.2f} s  -> {target}", flush=True)
-    summary = out / "summary.csv"
-    tmp = summary.with_suffix(".csv.partial")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, summary)
-    return summary
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return atomic_write_text(out / "summary.csv", text.getvalue())

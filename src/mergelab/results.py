@@ -81,10 +81,12 @@ def write_outcomes(outcomes: Mapping[str, np.ndarray], path: str | os.PathLike[s
 
 
 def read_outcomes(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """The vectors of an ``outcomes.npz`` (no pickles: object arrays are refused); an
-    absent file gives an empty mapping."""
+    """The vectors of an ``outcomes.npz`` (read by :func:`mergelab.io.npz.read_npz`: data
+    only, every header checked; a damaged file is one error line); an absent file gives an
+    empty mapping."""
+    from mergelab.io.npz import read_npz
+
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         return {}
-    with np.load(path, allow_pickle=False) as z:
-        return {k: np.asarray(z[k]) for k in z.files}
+    return read_npz(path)

@@ -6,13 +6,20 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
+from typing import IO
 
+from mergelab.atomic import atomic_write, atomic_write_text
+from mergelab.checks import output_folder
 from mergelab.errors import MergeError
 
 __all__ = ["add_train_parser", "place_file"]
+
+MANIFEST = "ingredients.json"
+_PLACED = re.compile(r"(start|ingredient-[0-9]+)\.safetensors")
 
 
 def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -34,7 +41,9 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
         "--device", choices=("cpu", "cuda"), help="where to train (default: CUDA if present)"
     )
     p.add_argument(
-        "--cache-dir", help="trained runs (default: $MERGELAB_CACHE/ingredients or ~/.cache)"
+        "--cache-dir",
+        help="trained runs (default: $MERGELAB_CACHE/ingredients, "
+        "else ~/.cache/mergelab/ingredients)",
     )
     p.add_argument(
         "--threads",
@@ -55,24 +64,65 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def place_file(source: Path, dest: Path) -> Path:
-    """Put ``source``'s bytes at ``dest`` atomically: a hard link when the file system allows
-    (no copy of the data), else a copy; an existing ``dest`` is replaced in one step."""
-    if dest.exists() and os.path.samefile(source, dest):
-        return dest  # already this very file (a link from an earlier run)
-    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
+    """Put a copy of ``source``'s bytes at ``dest`` atomically: a reflink where the file
+    system makes one (copy-on-write), else a plain copy. Never a hard link: writing into
+    ``dest`` must not reach the cached run."""
+
+    def write(fh: IO[bytes]) -> None:
+        with source.open("rb") as src:
+            _copy(src, fh)
+
+    return atomic_write(dest, write)
+
+
+def _copy(src: IO[bytes], dst: IO[bytes]) -> None:
+    """``copy_file_range`` (in the kernel; a reflink on Btrfs/XFS), else a read/write copy."""
+    size = os.fstat(src.fileno()).st_size
+    done = 0
+    with contextlib.suppress(OSError, AttributeError):
+        while done < size and (n := os.copy_file_range(src.fileno(), dst.fileno(), size - done)):
+            done += n
+    if done != size:  # not supported here (or the source changed size): copy it plainly
+        src.seek(0)
+        dst.seek(0)
+        dst.truncate()
+        shutil.copyfileobj(src, dst)
+
+
+def _placed_before(out: Path) -> dict[str, str]:
+    """Files an earlier ``mergelab train`` placed in ``out``, by its ``ingredients.json``:
+    file name -> config hash of the run it is a copy of."""
     try:
-        os.link(source, tmp)
-    except OSError:
-        shutil.copyfile(source, tmp)
-    try:
-        os.replace(tmp, dest)
-    finally:
-        # rename() between two links of one file is a no-op that leaves tmp behind
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    return dest
+        manifest = json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(manifest, dict):
+        return {}
+    files = manifest.get("files")
+    if isinstance(files, dict):
+        return {str(k): str(v) for k, v in files.items()}
+    stems = manifest.get("ingredients")  # a manifest from before "files"
+    if not isinstance(stems, list):
+        return {}
+    width = max(2, len(str(len(stems) - 1)))
+    named = {f"ingredient-{i:0{width}d}.safetensors": str(s) for i, s in enumerate(stems)}
+    if isinstance(manifest.get("start"), str):
+        named["start.safetensors"] = manifest["start"]
+    return named
+
+
+def _remove_stale(out: Path, before: dict[str, str], keep: set[str]) -> None:
+    """Remove what an earlier run placed in ``out`` and this one does not: only files named
+    like ours that still hold the run the manifest says (a file the user put there or
+    overwrote since is left alone)."""
+    from mergelab.train.trainer import run_config_hash
+
+    for name, stem in before.items():
+        path = out / name
+        if name in keep or not _PLACED.fullmatch(name) or path.is_symlink():
+            continue
+        if path.is_file() and run_config_hash(path) == stem:
+            path.unlink()
 
 
 def _log(message: str) -> None:
@@ -88,10 +138,7 @@ def _run_train(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise MergeError(f"--workers must be >= 1, got {args.workers}")
     recipe = IngredientRecipe.from_yaml(args.recipe)
-    out = Path(args.out).expanduser()
-    if out.exists() and not out.is_dir():
-        raise MergeError(f"--out {out}: exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(Path(args.out).expanduser(), "--out")
     cache = Path(args.cache_dir).expanduser() if args.cache_dir else default_train_cache()
     paths = make_ingredients(
         recipe,
@@ -103,21 +150,19 @@ def _run_train(args: argparse.Namespace) -> int:
         log=None if args.no_progress else _log,
     )
     width = max(2, len(str(len(paths) - 1)))
-    placed: list[tuple[str, Path, str]] = []
     start = start_checkpoint(recipe, cache)
-    if start is not None:
-        placed.append(("start", place_file(start, out / "start.safetensors"), start.stem))
-    for i, path in enumerate(paths):
-        dest = place_file(path, out / f"ingredient-{i:0{width}d}.safetensors")
-        placed.append((f"ingredient {i}", dest, path.stem))
+    files = {"start.safetensors": start} if start is not None else {}
+    files |= {f"ingredient-{i:0{width}d}.safetensors": p for i, p in enumerate(paths)}
+    _remove_stale(out, _placed_before(out), set(files))
+    for name, source in files.items():
+        place_file(source, out / name)
     manifest = {
         "recipe": recipe.model_dump(mode="json"),
         "start": start.stem if start is not None else None,
-        "ingredients": [stem for label, _, stem in placed if label != "start"],
+        "ingredients": [p.stem for p in paths],
+        "files": {name: source.stem for name, source in files.items()},
     }
-    manifest_tmp = out / f".ingredients.json.tmp-{os.getpid()}"
-    manifest_tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(manifest_tmp, out / "ingredients.json")
-    for _, dest, _ in placed:
-        print(dest)
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2))
+    for name in files:
+        print(out / name)
     return 0

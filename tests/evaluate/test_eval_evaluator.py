@@ -182,8 +182,12 @@ def test_bad_architecture_is_a_merge_error(digits: DatasetSplits) -> None:
 def test_default_cache_dir_follows_the_environment(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    from mergelab.train import default_train_cache
+
     monkeypatch.setenv("MERGELAB_CACHE", str(tmp_path / "here"))
-    assert default_cache_dir() == tmp_path / "here"
+    assert default_cache_dir() == tmp_path / "here" / "outputs"
+    assert default_train_cache() == tmp_path / "here" / "ingredients"
     monkeypatch.delenv("MERGELAB_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert default_cache_dir() == tmp_path / "xdg" / "mergelab" / "outputs"
+    assert default_train_cache() == tmp_path / "xdg" / "mergelab" / "ingredients"

@@ -332,14 +332,6 @@ def test_diverging_loss_raises(tmp_path):
     assert not list(tmp_path.glob("*.safetensors"))
 
 
-def test_device_defaults_to_cuda_when_present():
-    expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert trainer_module.resolve_device(None).type == expected
-    if not torch.cuda.is_available():
-        with pytest.raises(TrainingError, match="no CUDA"):
-            trainer_module.resolve_device("cuda")
-
-
 def test_val_score_is_accuracy_or_mean_auroc_in_eval_mode():
     from mergelab.evaluate.metrics import mean_auroc
 

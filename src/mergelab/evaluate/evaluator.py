@@ -24,6 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mergelab.data import DatasetSplits, ImageSpec, make_loader
+from mergelab.device import choose_device
 from mergelab.errors import MergeError
 from mergelab.evaluate.cache import OutputCache, Outputs
 from mergelab.evaluate.source import ModelSource
@@ -39,8 +40,8 @@ class CheckpointMismatchError(MergeError):
 
 
 def default_device() -> torch.device:
-    """CUDA when present, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """CUDA when present, else the CPU (:func:`mergelab.device.choose_device`)."""
+    return choose_device(None)
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,7 @@ class Evaluator:
         spec: input adaptation; None keeps the dataset's native channels and size.
         batch_size: images per forward call.
         cache_dir: folder of cached outputs; None keeps them in memory only.
-        device: defaults to CUDA when available.
+        device: defaults to CUDA when available (:func:`mergelab.device.choose_device`).
         progress: tqdm bar per pass.
         bn_batches: train batches per BatchNorm recalibration (None: the whole train split).
     """
@@ -148,7 +149,7 @@ class Evaluator:
         self.model_kwargs = dict(model_kwargs or {})
         self.batch_size = int(batch_size)
         self.cache = OutputCache(cache_dir)
-        self.device = torch.device(device) if device is not None else default_device()
+        self.device = choose_device(device)
         self.progress = progress
         self.bn_batches = bn_batches
         self.counter = PassCounter()
@@ -289,7 +290,7 @@ class Evaluator:
         src = ModelSource.of(source)
         key = self.cache_key(src, split, bn_recalibrate=bn_recalibrate)
         targets = self.targets(split)
-        hit = self.cache.get(key, targets)
+        hit = self.cache.get(key, targets, self.num_classes)
         if hit is not None:
             return hit
         model = self.load(src)

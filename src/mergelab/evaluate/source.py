@@ -7,70 +7,17 @@ shapes and bytes, so a soup recomputed in a later run finds its cached outputs t
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from mergelab.errors import MergeError
+from mergelab.hashing import file_sha256, state_dict_sha256
 
 __all__ = ["ModelSource", "file_sha256", "state_dict_sha256"]
-
-_CHUNK = 1 << 22
-# (resolved path, size, mtime_ns) -> digest: hashing a big checkpoint twice in one process is waste.
-_FILE_HASHES: dict[tuple[str, int, int], str] = {}
-
-
-def _hash_file_into(h: Any, path: Path) -> None:
-    with path.open("rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            h.update(chunk)
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """sha256 of a file's bytes; for a folder (a Hugging Face model), of every file in it
-    with its relative path, in sorted order."""
-    p = Path(path)
-    if not p.exists():
-        raise MergeError(f"{p}: no such file or folder")
-    st = p.stat()
-    memo = (str(p.resolve()), st.st_size, st.st_mtime_ns)
-    if not p.is_dir() and memo in _FILE_HASHES:
-        return _FILE_HASHES[memo]
-    h = hashlib.sha256()
-    if p.is_dir():
-        for f in sorted(q for q in p.rglob("*") if q.is_file()):
-            h.update(f.relative_to(p).as_posix().encode() + b"\0")
-            _hash_file_into(h, f)
-        return h.hexdigest()
-    _hash_file_into(h, p)
-    _FILE_HASHES[memo] = h.hexdigest()
-    return _FILE_HASHES[memo]
-
-
-def _tensor_bytes(t: torch.Tensor) -> memoryview:
-    t = t.detach().cpu().contiguous()
-    if t.dtype in (torch.bfloat16, torch.float16):
-        t = t.view(torch.int16)
-    elif t.dtype.itemsize == 1 and t.dtype not in (torch.uint8, torch.int8, torch.bool):
-        t = t.view(torch.uint8)  # float8 kinds: hash the raw bytes
-    return memoryview(np.ascontiguousarray(t.numpy()).reshape(-1).view(np.uint8))
-
-
-def state_dict_sha256(state_dict: Mapping[str, Any]) -> str:
-    """sha256 over (name, dtype, shape, bytes) of every tensor, in sorted name order."""
-    h = hashlib.sha256()
-    for name in sorted(state_dict):
-        value = state_dict[name]
-        if not isinstance(value, torch.Tensor):
-            value = torch.as_tensor(value)
-        h.update(f"{name}\0{value.dtype}\0{tuple(value.shape)}\0".encode())
-        h.update(_tensor_bytes(value))
-    return h.hexdigest()
 
 
 class ModelSource:

@@ -1,4 +1,5 @@
-"""Atomic file writes, so an interrupted run never leaves half a report or a torn CSV."""
+"""The results table on disk, written atomically so an interrupted run never leaves a
+torn CSV (the atomic writers are :mod:`mergelab.atomic`'s, re-exported for the report)."""
 
 from __future__ import annotations
 
@@ -6,19 +7,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from mergelab.atomic import atomic_write
+from mergelab.atomic import atomic_write_bytes, atomic_write_text
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "read_results", "write_results"]
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``."""
-    return atomic_write(path, lambda fh: fh.write(data))
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    """``atomic_write_bytes`` for UTF-8 text."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 _INTEGER_COLUMNS = ("n_models", "seed", "model", "batch", "class", "ndim", "numel", "depth")

@@ -26,16 +26,14 @@ from mergelab.analysis import (
     own_class_margin,
     template_correlation,
 )
+from mergelab.atomic import atomic_write
 from mergelab.studies.context import StudyContext
 from mergelab.studies.registry import TEMPLATES
 from mergelab.train import IngredientRecipe
 
 
 def _save_npz(path: os.PathLike[str], **arrays: np.ndarray) -> None:
-    path = os.fspath(path)
-    tmp = f"{path}.partial.npz"
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
+    atomic_write(path, lambda fh: np.savez_compressed(fh, **arrays))
 
 
 def _datasets(ctx: StudyContext) -> list[str]:

@@ -15,8 +15,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mergelab.device import choose_device
 from mergelab.train.config import TrainConfig, is_config_hash
-from mergelab.train.trainer import TrainingError, default_train_cache, train_model
+from mergelab.train.trainer import TrainingError, default_train_cache, train_model, verified_run
 
 if TYPE_CHECKING:
     from mergelab.train.recipe import IngredientRecipe
@@ -72,7 +73,8 @@ def train_runs(
 
     A config whose ``init`` is the hash of another listed config starts once that run is
     done; a config listed twice is trained once; a run already in ``cache_dir`` costs
-    nothing. ``workers`` > 1 trains up to that many runs at once in processes of a "spawn"
+    nothing (after its content hash is checked: a run that fails is reported and trained
+    again). ``workers`` > 1 trains up to that many runs at once in processes of a "spawn"
     context (each with ``threads`` torch threads, 1 by default, so the bytes equal serial
     training); ``workers=1`` trains in this process. ``progress``: tqdm bars, only for
     in-process runs. ``log(message)`` gets one line per trained run, e.g. ``"trained 7/23:
@@ -91,15 +93,17 @@ def train_runs(
     todo: dict[str, tuple[TrainConfig, str]] = {}
     for key, config, name in zip(hashes, configs, names, strict=True):
         path = cache / f"{key}.safetensors"
-        if path.is_file():
+        if key in result or key in todo:
+            continue
+        if verified_run(path):
             result[key] = path
-        elif key not in todo:
+        else:
             todo[key] = (config, name)
     needs: dict[str, str | None] = {}
     for key, (config, name) in todo.items():
         dep = config.init if config.init is not None and is_config_hash(config.init) else None
         if dep is not None and dep not in todo and dep not in result:
-            if not (cache / f"{dep}.safetensors").is_file():
+            if not verified_run(cache / f"{dep}.safetensors"):
                 raise TrainingError(
                     f"{name}: init {dep[:12]}... is a config hash that is neither listed nor "
                     f"trained in {cache}"
@@ -107,6 +111,7 @@ def train_runs(
             dep = None
         needs[key] = dep if dep in todo else None
     if todo:
+        choose_device(device)  # an absent device: one error now, not one per worker
         cache.mkdir(parents=True, exist_ok=True)
         run = _serial if workers == 1 or len(todo) == 1 else _parallel
         run(todo, needs, result, cache, device, min(workers, len(todo)), progress, log, threads)

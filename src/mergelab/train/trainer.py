@@ -3,7 +3,9 @@
 The data is loaded once per process as tensors and mini-batches are cut from them with a
 seeded ``torch.Generator`` (no per-item DataLoader: for the embedded sets this is what makes
 ten ingredients train in seconds). A finished checkpoint is ``cache_dir/<hash>.safetensors``;
-its presence means "done", so a rerun or a resumed recipe does no training.
+its presence means "done", so a rerun or a resumed recipe does no training. It carries the
+sha256 of its tensors in its metadata, checked whenever it is reused: an edited or damaged
+run is reported, removed and trained again rather than trusted.
 """
 
 from __future__ import annotations
@@ -25,7 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mergelab.atomic import atomic_write_text
+from mergelab.device import choose_device
 from mergelab.errors import MergeError, MergelabError
+from mergelab.hashing import checkpoint_sha256, discard
 from mergelab.train.config import TrainConfig, is_config_hash
 
 __all__ = [
@@ -37,16 +42,19 @@ __all__ = [
     "read_train_config",
     "reinit_head",
     "resolve_device",
+    "run_config_hash",
     "slice_positions",
     "total_steps",
     "train_model",
     "val_score",
+    "verified_run",
 ]
 
 AUGMENT_MIN_SIZE = 16
 _META_CONFIG = "mergelab.train_config"
 _META_HASH = "mergelab.config_hash"
 _META_INIT = "mergelab.init"
+_META_SHA = "mergelab.tensors_sha256"
 
 
 class TrainingError(MergelabError):
@@ -55,22 +63,49 @@ class TrainingError(MergelabError):
 
 def default_train_cache() -> Path:
     """``$MERGELAB_CACHE/ingredients``, else ``$XDG_CACHE_HOME/mergelab/ingredients``."""
-    env = os.environ.get("MERGELAB_CACHE")
-    if env:
-        return Path(env).expanduser() / "ingredients"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "mergelab" / "ingredients"
+    from mergelab.evaluate.cache import cache_root
+
+    return cache_root() / "ingredients"
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """None -> CUDA when present, else CPU."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("device 'cuda' asked for, but torch sees no CUDA device")
-    return dev
+resolve_device = choose_device  # the name mergelab.train exports
+
+
+def run_config_hash(path: Path) -> str | None:
+    """The config hash a checkpoint written by :func:`train_model` records; None for any
+    other (or unreadable) file."""
+    from mergelab.io import SafetensorsFile
+
+    try:
+        with SafetensorsFile(path) as f:
+            return f.metadata.get(_META_HASH)
+    except (MergelabError, OSError):
+        return None
+
+
+def verified_run(path: Path) -> bool:
+    """True if ``path`` is a trained run whose tensors match the sha256 in its metadata and
+    whose config hash is its name. A file that fails is reported and removed (False), so it
+    is trained again; an absent one is just False."""
+    from mergelab.io import SafetensorsFile
+
+    if not path.exists():
+        return False
+    try:
+        with SafetensorsFile(path) as f:
+            stored = f.metadata.get(_META_SHA)
+            if stored is None:
+                problem = "trained run without a content hash (an older mergelab wrote it)"
+            elif f.metadata.get(_META_HASH) != path.stem:
+                problem = "trained run whose config hash is not its name"
+            elif checkpoint_sha256(f) != stored:
+                problem = "trained run does not match its content hash (edited or damaged)"
+            else:
+                return True
+    except (MergelabError, OSError) as exc:
+        problem = f"unreadable trained run ({exc})"
+    discard(path, problem)
+    return False
 
 
 def checkpoint_path(config: TrainConfig, cache_dir: str | os.PathLike[str]) -> Path:
@@ -234,7 +269,7 @@ def _resolve_init(config: TrainConfig, cache_dir: Path) -> Path | None:
         return None
     if is_config_hash(config.init):
         path = cache_dir / f"{config.init}.safetensors"
-        if not path.is_file():
+        if not verified_run(path):
             raise TrainingError(
                 f"init {config.init[:12]}... is a config hash with no checkpoint in {cache_dir}; "
                 "train that run first (make_ingredients does this for you)"
@@ -500,12 +535,6 @@ def fit(
     return stats
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def train_model(
     config: TrainConfig,
     *,
@@ -517,8 +546,9 @@ def train_model(
 ) -> Path:
     """Train ``config`` and return ``cache_dir/<config_hash>.safetensors``.
 
-    If that file exists it is returned at once: nothing is trained. The checkpoint is
-    written atomically (a crash leaves no partial file) with the config as metadata and a
+    If that file exists and passes :func:`verified_run` it is returned at once: nothing is
+    trained. The checkpoint is written atomically (a crash leaves no partial file) with the
+    config and the sha256 of its tensors as metadata and a
     ``<hash>.json`` sidecar (config, loss, timing; with ``patience`` also ``val_curve``,
     ``best_epoch`` and ``epochs_run``). On the CPU the same config gives the
     same bytes; CUDA (used when present and ``device`` is None) is repeatable only as far
@@ -530,14 +560,15 @@ def train_model(
     when other processes share the cores. None leaves torch's setting alone.
     """
     from mergelab.io import save_state_dict
+    from mergelab.io.checkpoint import ArrayCheckpoint
 
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_train_cache()
     key = config.config_hash()
     out = cache / f"{key}.safetensors"
-    if out.is_file():
+    if verified_run(out):
         return out
-    cache.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
+    cache.mkdir(parents=True, exist_ok=True)
     init = _resolve_init(config, cache)
     started = time.perf_counter()
     with _deterministic(dev.type == "cpu", threads):
@@ -563,6 +594,7 @@ def train_model(
         _META_CONFIG: config.canonical_json(),
         _META_HASH: key,
         _META_INIT: config.init_identity(),
+        _META_SHA: checkpoint_sha256(ArrayCheckpoint(state)),
     }
     sidecar = {
         "config_hash": key,
@@ -574,6 +606,6 @@ def train_model(
         "device": str(dev),
         "torch": torch.__version__,
     }
-    _atomic_text(cache / f"{key}.json", json.dumps(sidecar, indent=2, sort_keys=True))
+    atomic_write_text(cache / f"{key}.json", json.dumps(sidecar, indent=2, sort_keys=True))
     save_state_dict(state, out, metadata=metadata, force=True)
     return out
