@@ -52,7 +52,10 @@ def add_compare_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="re-estimate BatchNorm statistics of merged models on train data",
     )
-    p.add_argument("--cache-dir", help="cached outputs (default: $MERGELAB_CACHE or ~/.cache)")
+    p.add_argument(
+        "--cache-dir",
+        help="cached outputs (default: $MERGELAB_CACHE/outputs, else ~/.cache/mergelab/outputs)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(run=_run_compare)
 

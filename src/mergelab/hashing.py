@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mergelab.checks import regular_file
 from mergelab.errors import MergeError
 
 if TYPE_CHECKING:
@@ -54,6 +55,7 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     p = Path(path).expanduser()
     if not p.exists():
         raise MergeError(f"{p}: no such file or folder")
+    regular_file(p, "a checkpoint must be a regular file or a folder")
     if p.is_dir():
         h = hashlib.sha256()
         for f in sorted(q for q in p.rglob("*") if q.is_file()):

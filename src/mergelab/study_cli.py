@@ -103,13 +103,12 @@ def add_study_parser(subparsers: argparse._SubParsersAction) -> None:
 def auto_workers(device: str | None) -> int:
     """1 when training runs on a GPU (one process keeps it busy), else one per core, at
     most 4."""
-    if device is not None and device.startswith("cuda"):
-        return 1
     if device is None:
-        import torch
+        from mergelab.device import choose_device
 
-        if torch.cuda.is_available():
-            return 1
+        device = choose_device(None).type
+    if device.startswith("cuda"):  # also when planning on a machine without one
+        return 1
     return max(1, min(os.cpu_count() or 1, 4))
 
 

@@ -7,7 +7,7 @@
 * :class:`ModelSource` - a checkpoint path or state dict with its content hash.
 """
 
-from mergelab.evaluate.cache import OutputCache, Outputs, atomic_write_bytes, default_cache_dir
+from mergelab.evaluate.cache import OutputCache, Outputs, default_cache_dir
 from mergelab.evaluate.evaluator import (
     CheckpointMismatchError,
     Evaluator,
@@ -24,7 +24,8 @@ from mergelab.evaluate.metrics import (
     nll,
     primary_metric,
 )
-from mergelab.evaluate.source import ModelSource, file_sha256, state_dict_sha256
+from mergelab.evaluate.source import ModelSource
+from mergelab.hashing import file_sha256, state_dict_sha256
 
 __all__ = [
     "AurocResult",
@@ -36,7 +37,6 @@ __all__ = [
     "PassCounter",
     "PassRecord",
     "accuracy",
-    "atomic_write_bytes",
     "compute_metrics",
     "default_cache_dir",
     "default_device",

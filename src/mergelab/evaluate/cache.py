@@ -24,14 +24,11 @@ from mergelab.atomic import atomic_write
 from mergelab.errors import MergelabError
 from mergelab.hashing import arrays_sha256, discard
 
-__all__ = ["OutputCache", "Outputs", "atomic_write_bytes", "cache_root", "default_cache_dir"]
+__all__ = ["OutputCache", "Outputs", "cache_root", "default_cache_dir"]
 
 # 2: entries carry the sha256 of their arrays (version 1 entries are recomputed silently).
 CACHE_VERSION = 2
 _ARRAYS = ("logits", "features", "targets")
-
-# Kept for callers of the old name: the writer-based :func:`mergelab.atomic.atomic_write`.
-atomic_write_bytes = atomic_write
 
 
 @dataclass(frozen=True)

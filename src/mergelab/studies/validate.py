@@ -37,7 +37,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from mergelab.errors import ConfigError
+from mergelab.errors import ConfigError, MergelabError
 from mergelab.studies.config import StudyConfig
 from mergelab.studies.context import StudyContext
 from mergelab.train import IngredientRecipe
@@ -383,19 +383,12 @@ class _Checker:
         device = self.config.device
         if device is None:
             return
-        import torch
+        from mergelab.device import choose_device
 
         try:
-            dev = torch.device(device)
-        except (RuntimeError, ValueError) as exc:
-            self.error("device", f"{device!r} is not a torch device ({exc})")
-            return
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            self.error(
-                "device",
-                f"{device!r}, but torch sees no CUDA device here (set device: null for "
-                "the CPU, or run on a GPU machine)",
-            )
+            choose_device(device)
+        except MergelabError as exc:
+            self.error("device", str(exc).removeprefix("device "))
 
 
 def _named_fields(message: str) -> list[str]:

@@ -7,15 +7,15 @@ checkpoint (not its path, which may move or be rewritten) all go into it.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from mergelab.hashing import file_sha256
 
 __all__ = [
     "TRAINER_VERSION",
@@ -34,22 +34,6 @@ _HASH = re.compile(r"[0-9a-f]{64}")
 def is_config_hash(text: str) -> bool:
     """True for a 64-hex config hash that is not also an existing path."""
     return bool(_HASH.fullmatch(text)) and not Path(text).exists()
-
-
-@functools.lru_cache(maxsize=64)
-def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """sha256 of a file's bytes, remembered per (path, size, mtime) so reruns read it once."""
-    p = Path(path).expanduser().resolve()
-    st = p.stat()
-    return _sha256_cached(str(p), st.st_size, st.st_mtime_ns)
 
 
 class TrainSettings(BaseModel):
