@@ -1,6 +1,8 @@
 """ImageFolder and TinyImageNet layouts: labels, pixels, carved val, named errors."""
 
+import os
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,7 @@ from mergelab.data import (
     ImageSpec,
     load_dataset,
 )
+from mergelab.errors import MergelabError
 
 RAW12 = ImageSpec(channels=3, size=12, normalize=False)
 
@@ -109,6 +112,19 @@ def test_val_class_not_in_train_is_an_error(tmp_path: Path) -> None:
         load_dataset(f"imagefolder:{tmp_path}")
 
 
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_empty_class_folder_is_an_error_not_a_class(tmp_path: Path, split: str) -> None:
+    """As torchvision's ImageFolder: a class with no images would be a head output that no
+    example ever trains or tests."""
+    write_imagefolder(tmp_path, counts={"train": 2, "val": 1})
+    for image in (tmp_path / split / "dog").iterdir():
+        image.unlink()
+    (tmp_path / split / "dog" / "notes.txt").write_text("not an image")
+    with pytest.raises(DatasetError) as err:
+        load_dataset(f"imagefolder:{tmp_path}")
+    assert str(err.value).startswith(f"{tmp_path / split / 'dog'}: class folder holds no images")
+
+
 def test_tinyimagenet_layout(tmp_path: Path) -> None:
     w = write_tinyimagenet(tmp_path)
     d = load_dataset(f"tinyimagenet:{tmp_path}")
@@ -146,3 +162,15 @@ def test_tinyimagenet_missing_wnids_named(tmp_path: Path) -> None:
     (w.root / "wnids.txt").unlink()
     with pytest.raises(DatasetNotFoundError, match=r"wnids\.txt"):
         load_dataset(f"tinyimagenet:{tmp_path}")
+
+
+def test_tinyimagenet_fifo_wnids_is_refused_without_reading_it(tmp_path: Path) -> None:
+    w = write_tinyimagenet(tmp_path)
+    (w.root / "wnids.txt").unlink()
+    os.mkfifo(w.root / "wnids.txt")
+    signal.alarm(10)  # reading a FIFO would block until a writer appears
+    try:
+        with pytest.raises(MergelabError, match=r"wnids\.txt: a FIFO"):
+            load_dataset(f"tinyimagenet:{tmp_path}")
+    finally:
+        signal.alarm(0)

@@ -1,5 +1,8 @@
 """MedMNIST npz: official splits, grey/RGB, multi-class and multi-label targets."""
 
+import os
+import signal
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -51,9 +54,60 @@ def test_chestmnist_multilabel_targets(tmp_path: Path) -> None:
 
 
 def test_medmnist_folder_with_one_npz(tmp_path: Path) -> None:
-    write_medmnist(tmp_path / "bloodmnist.npz")
+    write_medmnist(tmp_path / "bloodmnist.npz", n_classes=8)
     d = load_dataset(f"medmnist:{tmp_path}")
-    assert d.info.name == "bloodmnist" and d.info.num_classes == 9  # labels reach 8
+    assert d.info.name == "bloodmnist" and d.info.num_classes == 8
+
+
+def test_out_of_range_labels_are_named_not_new_classes(tmp_path: Path) -> None:
+    path = tmp_path / "bloodmnist.npz"
+    arrays = write_medmnist(path, n_classes=8)
+    arrays["val_labels"][[1, 4]] = [[8], [11]]
+    np.savez(path, **arrays)
+    with pytest.raises(DatasetError) as err:
+        load_dataset(f"medmnist:{path}")
+    assert str(err.value) == (
+        f"{path}: val_labels holds out-of-range values [8, 11] "
+        "(2 of 10; allowed: class ids 0-7 for bloodmnist)"
+    )
+
+
+def test_multilabel_values_must_be_zero_or_one(tmp_path: Path) -> None:
+    path = tmp_path / "chestmnist.npz"
+    arrays = write_medmnist(path, rgb=False, num_labels=14)
+    arrays["test_labels"][0, 3] = 2
+    np.savez(path, **arrays)
+    with pytest.raises(DatasetError, match=r"test_labels holds out-of-range values \[2\]"):
+        load_dataset(f"medmnist:{path}")
+
+
+def test_float_labels_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "pathmnist.npz"
+    arrays = write_medmnist(path)
+    arrays["train_labels"] = arrays["train_labels"] + 0.5
+    np.savez(path, **arrays)
+    with pytest.raises(DatasetError, match="train_labels must be integer class ids, got float64"):
+        load_dataset(f"medmnist:{path}")
+
+
+def test_garbage_and_lying_npz_are_one_error_line(tmp_path: Path) -> None:
+    path = tmp_path / "pathmnist.npz"
+    path.write_bytes(b"PK\x03\x04 garbage")
+    with pytest.raises(DatasetError, match=r"pathmnist\.npz: not a readable \.npz archive"):
+        load_dataset(f"medmnist:{path}")
+    arrays = write_medmnist(path)
+    huge = np.lib.format.header_data_from_array_1_0(arrays["train_images"])
+    huge["shape"] = (80_000, 28, 28, 3, 330)  # about 58 GiB claimed
+    with zipfile.ZipFile(path, "w") as z:
+        for name, value in arrays.items():
+            with z.open(f"{name}.npy", "w") as fh:
+                if name == "train_images":
+                    np.lib.format.write_array_header_1_0(fh, huge)
+                    fh.write(value.tobytes())
+                else:
+                    np.lib.format.write_array(fh, value)
+    with pytest.raises(DatasetError, match=r"array 'train_images' claims \d+ bytes"):
+        load_dataset(f"medmnist:{path}")
 
 
 def test_missing_key_is_named(tmp_path: Path) -> None:
@@ -76,5 +130,16 @@ def test_object_arrays_are_not_unpickled(tmp_path: Path) -> None:
     arrays = write_medmnist(tmp_path / "x.npz")
     arrays["train_labels"] = np.array([object()] * 30, dtype=object)
     np.savez(tmp_path / "pathmnist.npz", **arrays)
-    with pytest.raises(DatasetError, match="cannot read arrays"):
+    with pytest.raises(DatasetError, match="'train_labels' holds Python objects; refused"):
         load_dataset(f"medmnist:{tmp_path / 'pathmnist.npz'}")
+
+
+def test_a_fifo_is_refused_without_reading_it(tmp_path: Path) -> None:
+    fifo = tmp_path / "pathmnist.npz"
+    os.mkfifo(fifo)
+    signal.alarm(10)  # opening a FIFO for reading would block until a writer appears
+    try:
+        with pytest.raises(DatasetError, match=r"pathmnist\.npz: a FIFO"):
+            load_dataset(f"pathmnist:{tmp_path}")
+    finally:
+        signal.alarm(0)

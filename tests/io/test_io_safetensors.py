@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import struct
 
 import numpy as np
 import pytest
 import torch
+from safetensors import SafetensorError
+from safetensors.numpy import load as reference_load
+from safetensors.numpy import save as reference_save
 from safetensors.torch import load_file, save_file
 
-from mergelab.errors import MergeError
+from mergelab.cli import main
+from mergelab.errors import MergeError, MergelabError
 from mergelab.io import SafetensorsFile, load_state_dict, open_checkpoint, save_state_dict
 from mergelab.io.writer import SafetensorsWriter
 
@@ -119,7 +125,7 @@ def test_inconsistent_offsets_and_dtypes_are_refused(tmp_path):
     with pytest.raises(MergeError, match=r"'a' header says shape \[3\]"):
         open_checkpoint(path)
     _write_header(path, {"a": {"dtype": "Q9", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4)
-    with pytest.raises(MergeError, match="malformed header entry"):
+    with pytest.raises(MergeError, match="'a' has a malformed header entry: unknown dtype 'Q9'"):
         open_checkpoint(path)
 
 
@@ -142,3 +148,119 @@ def test_missing_shard_is_named(tmp_path):
     )
     with pytest.raises(MergeError, match=r"shard model-00001-of-00002\.safetensors is missing"):
         open_checkpoint(tmp_path)
+
+
+F32_2 = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
+
+
+@pytest.mark.parametrize(
+    ("entry", "why"),
+    [
+        ({**F32_2, "shape": "16"}, "shape must be a list of non-negative integers, got '16'"),
+        ({**F32_2, "shape": [2.0]}, r"shape must be .* got \[2\.0\]"),
+        ({**F32_2, "shape": [True, 2]}, r"shape must be .* got \[True, 2\]"),
+        ({**F32_2, "shape": [-2]}, r"shape must be .* got \[-2\]"),
+        ({**F32_2, "shape": [2**64]}, "shape must be a list of non-negative integers"),
+        ({**F32_2, "data_offsets": ["0", "8"]}, r"data_offsets must be two non-negative integers"),
+        ({**F32_2, "data_offsets": [0, 8, 8]}, r"data_offsets must be two .* got \[0, 8, 8\]"),
+        ({**F32_2, "data_offsets": [8, 0]}, r"data_offsets \[8, 0\] end before they begin"),
+        ({**F32_2, "dtype": "f32"}, "unknown dtype 'f32'"),
+        ({"dtype": "F32", "shape": [2]}, "no 'data_offsets'"),
+        (None, "expected an object, got None"),
+    ],
+)
+def test_header_entries_are_checked_as_the_safetensors_library_checks_them(tmp_path, entry, why):
+    path = tmp_path / "bad.safetensors"
+    _write_header(path, {"w": entry}, b"\0" * 8)
+    with pytest.raises(SafetensorError):  # the reference library refuses these bytes too
+        reference_load(path.read_bytes())
+    with pytest.raises(MergeError, match=rf"bad\.safetensors: tensor 'w' has a malformed .*{why}"):
+        SafetensorsFile(path)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b'{"__metadata__": {"n": 1}}', "__metadata__ must map names to strings"),
+        (b'{"__metadata__": ""}', "__metadata__ must map names to strings"),
+        (b'{"w": {"dtype": "F32", "shape": [NaN], "data_offsets": [0, 0]}}', "NaN is not valid"),
+        (b'{"\xff": 1}', "codec can't decode"),
+    ],
+)
+def test_header_json_and_metadata_are_checked(tmp_path, raw, message):
+    data = struct.pack("<Q", len(raw)) + raw
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(data)
+    with pytest.raises(SafetensorError):
+        reference_load(data)
+    with pytest.raises(
+        MergeError, match=rf"bad\.safetensors: corrupt safetensors header.*{message}"
+    ):
+        SafetensorsFile(path)
+
+
+def test_a_repeated_tensor_name_is_named_itself(tmp_path):
+    a = '"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}'
+    b = '"b": {"dtype": "F32", "shape": [1], "data_offsets": [%d, %d]}'
+    raw = ("{" + ", ".join([a, b % (4, 8), b % (8, 12)]) + "}").encode()
+    path = tmp_path / "dup.safetensors"
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0" * 12)
+    with pytest.raises(MergeError) as err:
+        SafetensorsFile(path)
+    assert str(err.value) == f"{path}: corrupt safetensors header: the name 'b' appears twice"
+
+
+def test_unsigned_integer_dtypes_are_valid(tmp_path):
+    arrays = {
+        "u16": np.array([1, 65535], np.uint16),
+        "u32": np.array([[7, 2**32 - 1]], np.uint32),
+        "u64": np.array([2**64 - 1], np.uint64),
+    }
+    path = tmp_path / "u.safetensors"
+    path.write_bytes(reference_save(arrays))
+    with SafetensorsFile(path) as f:
+        assert {n: i.dtype for n, i in f.infos.items()} == {
+            "u16": "U16",
+            "u32": "U32",
+            "u64": "U64",
+        }
+        for name, value in arrays.items():
+            np.testing.assert_array_equal(f.read_array(name), value)
+    # and they are written back as the library reads them
+    back = reference_load(save_state_dict(arrays, tmp_path / "out.safetensors").read_bytes())
+    for name, value in arrays.items():
+        np.testing.assert_array_equal(back[name], value)
+
+
+def test_a_valid_dtype_mergelab_cannot_merge_is_named(tmp_path):
+    path = tmp_path / "c.safetensors"
+    path.write_bytes(reference_save({"z": np.ones(2, np.complex64)}))
+    with pytest.raises(MergeError, match=r"tensor 'z' has dtype C64, which mergelab cannot read"):
+        SafetensorsFile(path)
+
+
+def test_a_fifo_is_refused_without_reading_it(tmp_path):
+    fifo = tmp_path / "pipe.safetensors"
+    os.mkfifo(fifo)
+    signal.alarm(10)  # opening a FIFO for reading would block until a writer appears
+    try:
+        with pytest.raises(MergelabError, match=r"pipe\.safetensors: a FIFO"):
+            SafetensorsFile(fifo)
+    finally:
+        signal.alarm(0)
+
+
+def test_cli_reports_a_corrupt_header_in_one_line(tmp_path, capsys):
+    path = tmp_path / "bad.safetensors"
+    _write_header(path, {"w": {**F32_2, "shape": [2.9, 3]}}, b"\0" * 8)
+    out = tmp_path / "out.safetensors"
+    assert (
+        main(["merge", "--method", "linear", "--models", str(path), str(path), "--out", str(out)])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert err == (
+        f"mergelab: error: {path}: tensor 'w' has a malformed header entry: shape must be a "
+        "list of non-negative integers, got [2.9, 3]\n"
+    )
+    assert not out.exists()

@@ -4,6 +4,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from mergelab.errors import MergelabError
 from mergelab.models import build_model, load_weights, read_checkpoint
 
 
@@ -86,3 +87,26 @@ def test_missing_num_batches_tracked_is_tolerated() -> None:
 def test_missing_file() -> None:
     with pytest.raises(FileNotFoundError, match=r"nope\.pt"):
         load_weights(build_model("linear", 2, img_size=8), "nope.pt")
+
+
+def test_files_and_mappings_are_unwrapped_as_merges_unwrap_them(tmp_path: Path) -> None:
+    """One unwrapping for merges and model loading: wrappers and compile/DDP prefixes."""
+    from mergelab.io import open_checkpoint
+
+    state = build_model("linear", 3, in_chans=1, img_size=8).state_dict()
+    wrapped = {"epoch": 1, "model": {f"module._orig_mod.{k}": v for k, v in state.items()}}
+    torch.save(wrapped, tmp_path / "ckpt.pt")
+    with open_checkpoint(tmp_path / "ckpt.pt") as ckpt:
+        assert set(ckpt.infos) == set(state)
+    for source in (wrapped, tmp_path / "ckpt.pt"):
+        loaded = read_checkpoint(source)
+        assert set(loaded) == set(state)
+        for k, v in state.items():
+            torch.testing.assert_close(loaded[k], v)
+
+
+def test_a_mapping_without_tensors_is_one_clear_error() -> None:
+    with pytest.raises(
+        MergelabError, match=r"state dict: no state dict found \(top-level keys: \['epoch'\]\)"
+    ):
+        read_checkpoint({"epoch": 3})

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mergelab.checks import regular_file
 from mergelab.data._paths import find_layout_dir
 from mergelab.data.dataset import DatasetSplits, SplitPart, make_info, resolve_stats
 from mergelab.data.errors import DatasetError, DatasetNotFoundError
@@ -30,7 +31,8 @@ def scan_class_folders(
 ) -> tuple[list[Path], list[int], list[str]]:
     """Images under ``folder/<class>/`` (searched recursively), sorted, with class ids.
 
-    ``classes`` fixes the class order (from train); a class folder not in it is an error.
+    ``classes`` fixes the class order (from train); a class folder not in it, or one with
+    no images, is an error.
     """
     if not folder.is_dir():
         raise DatasetNotFoundError(f"folder missing: {folder}")
@@ -48,6 +50,11 @@ def scan_class_folders(
     labels: list[int] = []
     for c in found:
         files = sorted(p for p in (folder / c).rglob("*") if is_image(p))
+        if not files:  # as torchvision's ImageFolder: an empty class is an error, not a class
+            raise DatasetError(
+                f"{folder / c}: class folder holds no images (extensions "
+                f"{', '.join(sorted(IMAGE_EXTENSIONS))}); add images or remove the folder"
+            )
         paths.extend(files)
         labels.extend([index[c]] * len(files))
     if not paths:
@@ -167,6 +174,7 @@ def load_tinyimagenet(
         folder_names=("tiny-imagenet-200",),
         required=("wnids.txt", "train", "val"),
     )
+    regular_file(root / "wnids.txt", "expected a text file of wnids")
     wnids = sorted({w.strip() for w in (root / "wnids.txt").read_text().splitlines() if w.strip()})
     if not wnids:
         raise DatasetError(f"{root / 'wnids.txt'}: no wnids")
@@ -183,8 +191,9 @@ def load_tinyimagenet(
 
     ann = root / "val" / "val_annotations.txt"
     val_dir = root / "val" / "images"
-    if not ann.is_file():
+    if not ann.exists():
         raise DatasetNotFoundError(f"tinyimagenet: missing {ann}")
+    regular_file(ann, "expected a text file of val annotations")
     if not val_dir.is_dir():
         raise DatasetNotFoundError(f"tinyimagenet: missing folder {val_dir}")
     present = {p.name for p in val_dir.iterdir()}

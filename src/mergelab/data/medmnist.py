@@ -11,6 +11,8 @@ import numpy as np
 from mergelab.data.dataset import DatasetSplits, SplitPart, make_info, resolve_stats
 from mergelab.data.errors import DatasetError, DatasetNotFoundError
 from mergelab.data.sources import ArraySource
+from mergelab.errors import MergelabError
+from mergelab.io.npz import read_npz
 
 # Class (or label) counts of the 2D MedMNIST v2 sets; a file named after one of them
 # gets this head size even if a small file lacks some classes.
@@ -35,13 +37,13 @@ SPLIT_KEYS = ("train", "val", "test")
 def resolve_npz(path: str | Path, flavour: str | None = None) -> Path:
     """The npz for ``path``: the file itself, or ``<flavour>.npz`` / the only npz in a folder."""
     p = Path(path).expanduser()
-    if p.is_file():
-        return p
     if not p.exists():
         raise DatasetNotFoundError(f"medmnist: path does not exist: {p}")
+    if not p.is_dir():  # read_npz refuses what is not a regular file
+        return p
     if flavour is not None:
         exact = p / f"{flavour}.npz"
-        if exact.is_file():
+        if exact.exists():
             return exact
         sized = sorted(p.glob(f"{flavour}_*.npz"))
         if len(sized) == 1:
@@ -57,6 +59,31 @@ def resolve_npz(path: str | Path, flavour: str | None = None) -> Path:
     raise DatasetError(f"medmnist: several .npz files in {p} ({names}); name one")
 
 
+def _check_labels(path: Path, split: str, stem: str, lab: np.ndarray) -> None:
+    """Integer class ids in ``[0, classes)`` (0/1 per label for multi-label files): a label
+    out of range would otherwise silently add a class, or mean nothing."""
+    where = f"{path}: {split}_labels"
+    if lab.ndim != 2 or lab.dtype.kind not in "iub":
+        raise DatasetError(f"{where} must be integer class ids, got {lab.dtype} {lab.shape}")
+    known = MEDMNIST_CLASSES.get(stem)
+    if stem in MEDMNIST_MULTILABEL and lab.shape[1] != known:
+        raise DatasetError(f"{where} has {lab.shape[1]} labels per image; {stem} has {known}")
+    if lab.shape[1] > 1 and known is not None and stem not in MEDMNIST_MULTILABEL:
+        raise DatasetError(f"{where} must be Nx1 class ids for {stem}, got shape {lab.shape}")
+    if lab.shape[1] > 1 or stem in MEDMNIST_MULTILABEL:
+        high, allowed = 2, "0 or 1 per label"
+    else:
+        high = known if known is not None else np.iinfo(np.int64).max
+        allowed = f"class ids 0-{known - 1} for {stem}" if known else "class ids >= 0"
+    bad = (lab < 0) | (lab >= high)
+    if bad.any():
+        values = sorted({int(v) for v in lab[bad][:1000]})[:10]
+        raise DatasetError(
+            f"{where} holds out-of-range values {values} "
+            f"({int(bad.sum())} of {lab.size}; allowed: {allowed})"
+        )
+
+
 def _flavour_of(path: Path) -> str:
     return path.stem.lower().split("_")[0]
 
@@ -65,23 +92,11 @@ def load_medmnist(path: str | Path, *, flavour: str | None = None, seed: int = 0
     """One MedMNIST npz; splits are the file's own (``seed`` does not change them)."""
     npz_path = resolve_npz(path, flavour)
     stem = _flavour_of(npz_path)
+    wanted = [f"{s}_{k}" for s in SPLIT_KEYS for k in ("images", "labels")]
     try:
-        npz = np.load(npz_path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise DatasetError(f"{npz_path}: not a readable MedMNIST npz ({err})") from err
-    if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise DatasetError(f"{npz_path}: expected an .npz archive of named arrays")
-    with npz:
-        wanted = [f"{s}_{k}" for s in SPLIT_KEYS for k in ("images", "labels")]
-        missing = [k for k in wanted if k not in npz.files]
-        if missing:
-            raise DatasetError(
-                f"{npz_path}: missing key(s) {', '.join(missing)} (has {sorted(npz.files)})"
-            )
-        try:
-            arrays = {k: npz[k] for k in wanted}
-        except ValueError as err:  # object arrays would need pickle: refuse
-            raise DatasetError(f"{npz_path}: cannot read arrays ({err})") from err
+        arrays = read_npz(npz_path, wanted)
+    except MergelabError as err:
+        raise DatasetError(str(err)) from None
 
     images, labels = [], []
     for s in SPLIT_KEYS:
@@ -102,6 +117,7 @@ def load_medmnist(path: str | Path, *, flavour: str | None = None, seed: int = 0
             lab = lab[:, None]
         if len(lab) != len(img):
             raise DatasetError(f"{npz_path}: {len(img)} {s} images but {len(lab)} labels")
+        _check_labels(npz_path, s, stem, lab)
         images.append(img)
         labels.append(lab)
     shapes = {im.shape[1:] for im in images}
@@ -118,9 +134,7 @@ def load_medmnist(path: str | Path, *, flavour: str | None = None, seed: int = 0
         num_classes = width
     else:
         targets = all_labels[:, 0].astype(np.int64)
-        if targets.min() < 0:
-            raise DatasetError(f"{npz_path}: negative class label {int(targets.min())}")
-        num_classes = max(MEDMNIST_CLASSES.get(stem, 0), int(targets.max()) + 1)
+        num_classes = MEDMNIST_CLASSES.get(stem, int(targets.max(initial=0)) + 1)
 
     source = ArraySource(np.concatenate(images), targets)
     bounds = np.cumsum([0, *(len(im) for im in images)])

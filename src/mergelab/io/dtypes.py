@@ -24,9 +24,18 @@ STORAGE: dict[str, np.dtype] = {
     "I32": np.dtype(np.int32),
     "I16": np.dtype(np.int16),
     "I8": np.dtype(np.int8),
+    "U64": np.dtype(np.uint64),
+    "U32": np.dtype(np.uint32),
+    "U16": np.dtype(np.uint16),
     "U8": np.dtype(np.uint8),
     "BOOL": np.dtype(np.bool_),
 }
+# Every dtype the safetensors format defines (as the ``safetensors`` library lists them);
+# the ones missing from STORAGE (sub-byte floats, float8 variants, complex) are valid
+# files mergelab cannot merge.
+SAFETENSORS_DTYPES = frozenset(
+    {*STORAGE, "F4", "F6_E2M3", "F6_E3M2", "F8_E8M0", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "C64"}
+)
 FLOATS = frozenset({"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"})
 
 # Names a user may type for --dtype.
@@ -53,6 +62,9 @@ TORCH_NAMES = {
     "I32": "int32",
     "I16": "int16",
     "I8": "int8",
+    "U64": "uint64",
+    "U32": "uint32",
+    "U16": "uint16",
     "U8": "uint8",
     "BOOL": "bool",
 }

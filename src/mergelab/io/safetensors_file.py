@@ -16,18 +16,78 @@ from pathlib import Path
 
 import numpy as np
 
+from mergelab.checks import regular_file
 from mergelab.errors import MergeError
 from mergelab.io.checkpoint import Checkpoint, TensorInfo
-from mergelab.io.dtypes import STORAGE
+from mergelab.io.dtypes import SAFETENSORS_DTYPES, STORAGE
 
-MAX_HEADER_BYTES = 100 * 1024 * 1024
+MAX_HEADER_BYTES = 100_000_000  # the safetensors library's limit
+_U64 = 2**64
+
+
+class _DuplicateKey(Exception):
+    """A JSON object repeats a key: ``json`` would silently keep the last value."""
+
+
+def _pairs(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        raise _DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return obj
+
+
+def _not_json(constant: str) -> None:
+    raise ValueError(f"{constant} is not valid JSON")
+
+
+def _count(value: object) -> bool:
+    """A JSON unsigned 64-bit integer, as the safetensors library reads ``usize``."""
+    return type(value) is int and 0 <= value < _U64
+
+
+def _entry(path: Path, name: str, entry: object) -> tuple[TensorInfo, int, int]:
+    """One tensor's header entry, checked as strictly as the safetensors library does."""
+
+    def bad(why: str) -> MergeError:
+        return MergeError(f"{path}: tensor {name!r} has a malformed header entry: {why}")
+
+    if not isinstance(entry, dict):
+        raise bad(f"expected an object, got {entry!r}")
+    for field in ("dtype", "shape", "data_offsets"):
+        if field not in entry:
+            raise bad(f"no {field!r}")
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
+        raise bad(f"unknown dtype {dtype!r} (known: {', '.join(sorted(SAFETENSORS_DTYPES))})")
+    if dtype not in STORAGE:
+        raise MergeError(
+            f"{path}: tensor {name!r} has dtype {dtype}, which mergelab cannot read "
+            f"(supported: {', '.join(STORAGE)})"
+        )
+    if not isinstance(shape, list) or not all(_count(d) for d in shape):
+        raise bad(f"shape must be a list of non-negative integers, got {shape!r}")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_count, offsets))):
+        raise bad(f"data_offsets must be two non-negative integers, got {offsets!r}")
+    begin, end = offsets
+    if begin > end:
+        raise bad(f"data_offsets {offsets} end before they begin")
+    info = TensorInfo(name, tuple(shape), dtype)
+    if end - begin != info.nbytes:
+        raise MergeError(
+            f"{path}: tensor {name!r} header says shape {shape} {dtype} "
+            f"({info.nbytes} bytes) but offsets span {end - begin} bytes"
+        )
+    return info, begin, end
 
 
 def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, int], dict[str, str], int]:
-    """Parse and validate a safetensors header.
+    """Parse and validate a safetensors header (by the ``safetensors`` library's rules, and
+    refusing repeated names, which it would silently resolve).
 
     Returns (infos, absolute byte offset of each tensor, metadata, file size).
     """
+    regular_file(path, "expected a .safetensors file")
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
@@ -38,46 +98,47 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, int], dict
             if header_len > min(MAX_HEADER_BYTES, size - 8):
                 raise MergeError(
                     f"{path}: corrupt or truncated safetensors header "
-                    f"(header length {header_len} bytes, file {size} bytes)"
+                    f"(header length {header_len} bytes, file {size} bytes, "
+                    f"limit {MAX_HEADER_BYTES})"
                 )
             raw = f.read(header_len)
     except OSError as exc:
         raise MergeError(f"{path}: cannot read ({exc.strerror})") from exc
+    if len(raw) != header_len:
+        raise MergeError(f"{path}: file shrank while its header was read")
     try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_pairs, parse_constant=_not_json)
+    except _DuplicateKey as dup:
+        raise MergeError(
+            f"{path}: corrupt safetensors header: the name {dup.args[0]!r} appears twice"
+        ) from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise MergeError(f"{path}: corrupt safetensors header ({exc})") from None
     if not isinstance(header, dict):
         raise MergeError(f"{path}: corrupt safetensors header (not a JSON object)")
-    metadata = header.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict):
-        raise MergeError(f"{path}: corrupt safetensors header (__metadata__ is not an object)")
+    metadata = header.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise MergeError(
+            f"{path}: corrupt safetensors header (__metadata__ must map names to strings, "
+            f"got {metadata!r:.200})"
+        )
     data_start = 8 + header_len
     infos: dict[str, TensorInfo] = {}
     spans: list[tuple[int, int, str]] = []
     for name, entry in header.items():
-        try:
-            dtype = str(entry["dtype"])
-            STORAGE[dtype]
-            shape = tuple(int(d) for d in entry["shape"])
-            begin, end = (int(o) for o in entry["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise MergeError(
-                f"{path}: tensor {name!r} has a malformed header entry: {entry!r}"
-            ) from None
-        info = TensorInfo(name, shape, dtype)
-        if any(d < 0 for d in shape) or end - begin != info.nbytes:
-            raise MergeError(
-                f"{path}: tensor {name!r} header says shape {list(shape)} {entry['dtype']} "
-                f"({info.nbytes} bytes) but offsets span {end - begin} bytes"
-            )
+        info, begin, end = _entry(path, name, entry)
         infos[name] = info
         spans.append((begin, end, name))
     spans.sort()
     cursor = 0
     for begin, end, name in spans:
         if begin != cursor:
-            raise MergeError(f"{path}: tensor {name!r} data offsets overlap or leave a gap")
+            raise MergeError(
+                f"{path}: tensor {name!r} data offsets [{begin}, {end}] overlap or leave a gap "
+                f"(the previous tensor ends at {cursor})"
+            )
         cursor = end
     if data_start + cursor != size:
         what = "truncated" if data_start + cursor > size else "has trailing bytes"
@@ -85,7 +146,7 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, int], dict
             f"{path}: file is {what}: header describes {data_start + cursor} bytes, file has {size}"
         )
     offsets = {name: data_start + begin for begin, _, name in spans}
-    return infos, offsets, {str(k): str(v) for k, v in metadata.items()}, size
+    return infos, offsets, metadata, size
 
 
 def pread_into(fd: int, buffer: memoryview, offset: int, label: str) -> None:

@@ -8,6 +8,7 @@ and shape mismatch.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,45 +17,27 @@ from torch import nn
 
 __all__ = ["load_weights", "read_checkpoint"]
 
-_WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP and torch.compile
 _MAX_LISTED = 200
 
 
-def _read_file(path: Path) -> Mapping[str, Any]:
-    """Read a checkpoint file as data (safetensors, torch files with weights_only=True)."""
-    from mergelab.io import load_state_dict
-
-    return load_state_dict(path)
-
-
-def _unwrap(obj: Mapping[str, Any]) -> dict[str, Any]:
-    """Strip training-script wrappers: ``{"state_dict": ...}``/``{"model": ...}`` and
-    ``module.``/``_orig_mod.`` key prefixes."""
-    while True:
-        inner = next(
-            (obj[k] for k in _WRAPPER_KEYS if k in obj and isinstance(obj[k], Mapping)), None
-        )
-        if inner is None:
-            break
-        obj = inner
-    state = dict(obj)
-    for prefix in _WRAPPER_PREFIXES:
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix) :]: v for k, v in state.items()}
-    return state
-
-
 def read_checkpoint(source: Mapping[str, Any] | str | os.PathLike[str]) -> dict[str, Any]:
-    """State dict from a mapping or a ``.safetensors`` / ``.pt`` / ``.pth`` / ``.bin`` file."""
+    """State dict from a mapping or a ``.safetensors`` / ``.pt`` / ``.pth`` / ``.bin`` file,
+    unwrapped as merges unwrap it (:func:`mergelab.io.torch_file.find_state_dict`)."""
+    from mergelab.io.torch_file import find_state_dict
+
     if isinstance(source, str | os.PathLike):
+        from mergelab.io import load_state_dict
+
         path = Path(source)
-        if not path.is_file():
+        if not path.exists():
             raise FileNotFoundError(f"checkpoint not found: {path}")
-        source = _read_file(path)
+        return load_state_dict(path)
     if not isinstance(source, Mapping):
         raise TypeError(f"expected a state dict or a checkpoint path, got {type(source).__name__}")
-    return _unwrap(source)
+    state, note = find_state_dict(source, "state dict")
+    if note:  # as TorchFile does for files: say which of several state dicts was used
+        print(f"mergelab: note: {note}", file=sys.stderr)
+    return state
 
 
 def _listing(keys: list[str]) -> str:
