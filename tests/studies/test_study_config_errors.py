@@ -10,8 +10,6 @@ from typing import Any
 import pytest
 import yaml
 
-import mergelab.train.pool as pool
-import mergelab.train.trainer as trainer
 from mergelab.cli import main
 from mergelab.models.builtin import BUILTINS
 from mergelab.studies.config import StudyConfig, preset_path
@@ -21,12 +19,8 @@ STUDY_KEYS = ", ".join(StudyConfig.model_fields)
 
 
 @pytest.fixture(autouse=True)
-def nothing_trains(monkeypatch):
-    def no_training(*args, **kwargs):
-        raise AssertionError("trained before the config was checked")
-
-    monkeypatch.setattr(trainer, "fit", no_training)
-    monkeypatch.setattr(pool, "train_runs", no_training)
+def _nothing_trains(nothing_trains):
+    """Every test here: the config is checked before anything trains."""
 
 
 def _tiny(edits: dict[str, Any]) -> dict[str, Any]:

@@ -12,8 +12,6 @@ import pytest
 import yaml
 
 import mergelab.studies.plan as plan_module
-import mergelab.train.pool as pool
-import mergelab.train.trainer as trainer
 from mergelab.cli import main
 from mergelab.errors import ConfigError, MergeError
 from mergelab.studies import load_config
@@ -22,12 +20,8 @@ from mergelab.studies.validate import check_dry_run, check_study, inspect_study
 
 
 @pytest.fixture(autouse=True)
-def nothing_trains(monkeypatch):
-    def no_training(*args, **kwargs):
-        raise AssertionError("trained before the config was checked")
-
-    monkeypatch.setattr(trainer, "fit", no_training)
-    monkeypatch.setattr(pool, "train_runs", no_training)
+def _nothing_trains(nothing_trains):
+    """Every test here: the config is checked before anything trains."""
 
 
 def _tiny() -> dict[str, Any]:
