@@ -424,20 +424,26 @@ _OVERFLOW_AT = {
 
 
 def _check_output(t: TensorPlan, out: np.ndarray, method: MergeMethod) -> None:
-    """Refuse a merged chunk that is not finite in the output dtype (NaN propagates through
-    min/max): a silently NaN model is worse than an error naming the tensor."""
+    """Refuse a merged chunk that is not finite in the output dtype: a silently NaN model is
+    worse than an error naming the tensor. One pass: a sum is finite only if every value
+    is (a finite sum that overflowed is confirmed exactly); narrow dtypes check the range."""
     if not out.size:
         return
-    low, high = float(out.min()), float(out.max())
-    limit = _OVERFLOW_AT.get(t.out_dtype, math.inf)
-    if math.isfinite(low) and math.isfinite(high) and max(-low, high) < limit:
-        return
+    limit = _OVERFLOW_AT.get(t.out_dtype)
+    if limit is None:
+        if math.isfinite(float(out.sum())) or np.isfinite(out).all():
+            return
+        problem = "NaN or Inf values"
+    else:
+        low, high = float(out.min()), float(out.max())  # NaN propagates through both
+        if math.isfinite(low) and math.isfinite(high) and max(-low, high) < limit:
+            return
+        problem = (
+            f"values up to {max(-low, high):.3g} overflow {dtype_name(t.out_dtype)}"
+            if math.isfinite(low) and math.isfinite(high)
+            else "NaN or Inf values"
+        )
     params = method.params.model_dump(by_alias=True)
-    problem = (
-        f"values up to {max(-low, high):.3g} overflow {dtype_name(t.out_dtype)}"
-        if math.isfinite(low) and math.isfinite(high)
-        else "NaN or Inf values"
-    )
     raise MergeError(
         f"merged tensor {t.name!r} has {problem} ({method.name} with {params}, finite "
         f"inputs); nothing was written. Check the method parameters and model weights"
@@ -684,10 +690,13 @@ def merge_state_dicts(
     params: Mapping[str, Any] | None = None,
     model_params: Sequence[Mapping[str, Any]] | None = None,
     dtype: str | None = None,
+    labels: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Merge in-memory state dicts (torch tensors or NumPy arrays) with the same checks and
-    code path as files. Returns torch tensors if the inputs were torch tensors."""
-    checkpoints = [ArrayCheckpoint(sd, f"model {i + 1}") for i, sd in enumerate(models)]
+    code path as files. Returns torch tensors if the inputs were torch tensors. ``labels``
+    name the models in errors (their files, say); default ``model 1``, ``model 2``, ..."""
+    names = list(labels) if labels is not None else [f"model {i + 1}" for i in range(len(models))]
+    checkpoints = [ArrayCheckpoint(sd, name) for sd, name in zip(models, names, strict=True)]
     base_ckpt = None if base is None else ArrayCheckpoint(base, "base")
     plan = build_plan(
         method, checkpoints, base_ckpt, params=params, model_params=model_params, dtype=dtype
