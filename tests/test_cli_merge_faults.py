@@ -374,3 +374,182 @@ def test_staging_of_a_killed_merge_is_removed_by_the_next_run(hf, tmp_path, capf
         "o.mergelab.yaml",
         "o.safetensors",
     ]
+
+
+# -- found by a hostile review --------------------------------------------------------------------
+
+
+def test_float64_inputs_that_overflow_a_float32_output_are_refused(tmp_path, capsys):
+    save_file({"x": np.array([1e300], dtype=np.float64)}, str(tmp_path / "a.safetensors"))
+    save_file({"x": np.array([1.0], dtype=np.float32)}, str(tmp_path / "b.safetensors"))
+    out = tmp_path / "o.safetensors"
+    args = ["--models", tmp_path / "a.safetensors", tmp_path / "b.safetensors"]
+    assert merge_cli("--method", "linear", *args, "--dtype", "float32", "--out", out) == 2
+    one_error(capsys, "merged tensor 'x' has values up to 5e+299 overflow float32")
+    assert not out.exists()
+
+
+def test_a_second_sigterm_does_not_cut_the_cleanup_short(hf, tmp_path, monkeypatch, capsys):
+    import mergelab.io.output as output
+    import mergelab.io.writer as writer
+
+    real_write, real_abort = writer.SafetensorsWriter.write, output.Output.abort
+
+    def write(self, *args):
+        real_write(self, *args)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def abort(self):
+        os.kill(os.getpid(), signal.SIGTERM)  # `kill` twice in a row
+        real_abort(self)
+
+    monkeypatch.setattr(writer.SafetensorsWriter, "write", write)
+    monkeypatch.setattr(output.Output, "abort", abort)
+    assert merge_cli("--method", "linear", "--models", *hf, "--out", tmp_path / "o") == 143
+    assert capsys.readouterr().err.strip() == (
+        "mergelab: terminated; no partial output was left behind"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf1", "hf2"]
+    assert signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN  # restored
+
+
+def test_a_hub_blobs_link_cannot_open_the_whole_disk(tmp_path, capsys):
+    repo = tmp_path / "hub"
+    snapshot_dir = repo / "snapshots" / "abc"
+    snapshot_dir.mkdir(parents=True)
+    (repo / "blobs").symlink_to("/")
+    save_file(random_state(0), str(tmp_path / "secret.safetensors"))
+    target = Path("../../blobs") / str(tmp_path / "secret.safetensors").lstrip("/")
+    (snapshot_dir / "s.safetensors").symlink_to(target)
+    index = snapshot_dir / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": dict.fromkeys(random_state(0), "s.safetensors")}))
+    out = tmp_path / "o.safetensors"
+    assert merge_cli("--method", "linear", "--models", index, "--out", out) == 2
+    one_error(capsys, "'s.safetensors' is a link that leads outside")
+    # A real cache layout (blobs is a folder of the repository) still opens.
+    (repo / "blobs").unlink()
+    (repo / "blobs").mkdir()
+    save_file(random_state(0), str(repo / "blobs" / "deadbeef"))
+    (snapshot_dir / "s.safetensors").unlink()
+    (snapshot_dir / "s.safetensors").symlink_to("../../blobs/deadbeef")
+    assert merge_cli("--method", "linear", "--models", index, "--out", out) == 0
+
+
+def test_an_output_inside_an_input_model_folder_is_refused(tmp_path, capsys):
+    folder = tmp_path / "sharded"
+    folder.mkdir()
+    save_file(random_state(0), str(folder / "model-00001-of-00001.safetensors"))
+    weight_map = dict.fromkeys(random_state(0), "model-00001-of-00001.safetensors")
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    before = snapshot(folder)
+    out = folder / "model.safetensors"
+    assert merge_cli("--method", "linear", "--models", folder, "--out", out) == 2
+    one_error(capsys, "lies inside the input model folder")
+    assert snapshot(folder) == before
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--param", "weight=["], "--param 'weight=[': the value is not a YAML scalar"),
+        (["--param", "weight=!!python/name:os.system"], "the value is not a YAML scalar"),
+        (["--param", "lambda=inf"], "parameter lambda: inf is not a finite number"),
+        (["--param", "weight=1e400"], "parameter weight: inf is not a finite number"),
+    ],
+)
+def test_parameters_given_as_text_are_checked_too(hf, tmp_path, capsys, args, needle):
+    out = tmp_path / "o.safetensors"
+    rc = merge_cli(
+        "--method", "task_arithmetic", "--base", hf[0], "--models", hf[1], *args, "--out", out
+    )
+    assert rc == 2
+    one_error(capsys, needle)
+    assert not out.exists()
+
+
+def test_odd_output_names(hf, tmp_path, capsys):
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    assert merge_cli("--method", "linear", "--models", *hf, "--out", loop / "x.safetensors") == 2
+    one_error(capsys, "cannot be resolved")
+    dangling = tmp_path / "dangling.safetensors"
+    dangling.symlink_to(tmp_path / "nowhere")
+    assert merge_cli("--method", "linear", "--models", *hf, "--out", dangling) == 2
+    one_error(capsys, "is a symbolic link")
+    assert dangling.is_symlink() and not (tmp_path / "nowhere").exists()
+    slash = f"{tmp_path / 'x.safetensors'}/"
+    assert merge_cli("--method", "linear", "--models", *hf, "--out", slash) == 2
+    one_error(capsys, "a name ending in .safetensors is a file; drop the trailing slash")
+    upper = tmp_path / "UP.SAFETENSORS"
+    assert merge_cli("--method", "linear", "--models", *hf, "--out", upper) == 0
+    assert upper.is_file() and (tmp_path / "UP.mergelab.yaml").is_file()
+
+
+def test_a_shard_name_with_a_nul_byte_is_one_line(tmp_path, capsys):
+    index = sharded(tmp_path, dict.fromkeys(random_state(0), "a\0.safetensors"))
+    assert merge_cli("--method", "linear", "--models", index, "--out", tmp_path / "o") == 2
+    one_error(capsys, "is not a file name")
+
+
+def test_nothing_to_merge_is_an_error(tmp_path, hf, capsys):
+    empty = tmp_path / "empty.safetensors"
+    save_file({}, str(empty))
+    assert merge_cli("--method", "linear", "--models", empty, empty, "--out", tmp_path / "o") == 2
+    one_error(capsys, "empty.safetensors: holds no tensors; nothing to merge")
+    rc = merge_cli("--method", "ties", "--base", hf[0], "--models", hf[0], "--out", tmp_path / "o")
+    assert rc == 2
+    one_error(capsys, "is the base and the only model")
+
+
+def test_integer_tensors_that_differ_are_reported(tmp_path, capsys):
+    for name, values in (("a", [1, 2, 3]), ("b", [10, 20, 30])):
+        save_file(
+            {"q": np.array(values, dtype=np.int64), "w": np.ones(2, np.float32)},
+            str(tmp_path / f"{name}.safetensors"),
+        )
+    out = tmp_path / "o.safetensors"
+    args = ["--models", tmp_path / "a.safetensors", tmp_path / "b.safetensors", "--out", out]
+    assert merge_cli("--method", "linear", *args) == 0
+    err = capsys.readouterr().err
+    assert (
+        "mergelab: note: 1 integer tensor(s) differ between the models and were copied from" in err
+    )
+    assert err.strip().endswith("(integers are never averaged): q")
+    np.testing.assert_array_equal(load_file(str(out))["q"], [1, 2, 3])
+
+
+def test_staging_mergelab_did_not_make_here_is_left_alone(hf, tmp_path):
+    mine = tmp_path / ".mergelab-partial-777777-mine"  # a user's folder, not our pattern
+    mine.mkdir()
+    other_host = tmp_path / ".mergelab-partial-otherhost-1-abcdefgh"  # a merge on NFS
+    other_host.mkdir()
+    legacy = tmp_path / ".o.safetensors.partial-99999"
+    legacy.write_text("x")
+    assert (
+        merge_cli("--method", "linear", "--models", *hf, "--out", tmp_path / "o.safetensors") == 0
+    )
+    assert mine.is_dir() and other_host.is_dir() and legacy.is_file()
+
+
+def test_sizes_below_one_byte_are_refused(hf, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        merge_cli(
+            "--method",
+            "linear",
+            "--models",
+            *hf,
+            "--out",
+            tmp_path / "o",
+            "--max-shard-size",
+            "0.5B",
+        )
+    assert "is less than one byte" in capsys.readouterr().err
+
+
+def test_a_closed_pipe_is_not_an_error(hf):
+    cmd = (
+        f"{sys.executable} -m mergelab.cli merge --dry-run --method linear "
+        f"--models {hf[0]} {hf[1]} | head -c 10"
+    )
+    proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=60)
+    assert proc.stderr == ""

@@ -7,15 +7,21 @@ every command at once.
 
 from __future__ import annotations
 
+import glob
 import math
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from mergelab.errors import MergelabError
 
+OUTPUT_MARK = ".mergelab-output"
+"""The file that marks a folder as mergelab's output: its own file names may be replaced."""
+
 __all__ = [
+    "OUTPUT_MARK",
+    "claim_output_folder",
     "finite_number",
     "inside_folder",
     "output_folder",
@@ -36,14 +42,17 @@ def inside_folder(folder: Path, name: str, what: str, also: Iterable[Path] = ())
     """``folder / name``, refused unless it stays inside ``folder``: no absolute path, no
     ``..``, no symlink that leads out (except into one of the folders ``also``).
     ``what`` names the file that gave ``name``."""
-    if not isinstance(name, str) or not name:
+    if not isinstance(name, str) or not name or "\0" in name:
         raise MergelabError(f"{what}: {name!r} is not a file name")
     if Path(name).is_absolute() or os.path.isabs(name):
         raise MergelabError(f"{what}: {name!r} is an absolute path; only names inside {folder}")
     if ".." in Path(name).parts:
         raise MergelabError(f"{what}: {name!r} leaves the folder {folder}")
     path = folder / name
-    target = path.resolve()
+    try:
+        target = path.resolve()
+    except (RuntimeError, OSError) as exc:  # a symlink loop
+        raise MergelabError(f"{what}: {name!r} cannot be resolved ({exc})") from None
     if not any(target.is_relative_to(root.resolve()) for root in (folder, *also)):
         raise MergelabError(f"{what}: {name!r} is a link that leads outside {folder}")
     return path
@@ -70,16 +79,64 @@ def same_or_within(path: Path, others: Iterable[Path]) -> Path | None:
     return None
 
 
-def output_folder(path: str | os.PathLike[str], option: str = "--out") -> Path:
-    """A folder results can be written into: created if missing; refused (one line naming
-    ``option``) if it is a file, or not writable."""
+def output_folder(
+    path: str | os.PathLike[str],
+    option: str = "--out",
+    writes: Iterable[str] | None = None,
+    ours: Callable[[Path], bool] | None = None,
+) -> Path:
+    """A folder results can be written into; refused (one line naming ``option``) if it is
+    a file, or not writable.
+
+    Without ``writes`` the folder is created at once. With ``writes`` (the names, or glob
+    patterns like ``figures/*.png``, of what the command writes there) nothing is created
+    (:func:`claim_output_folder` does that when the first result is written), and in an
+    existing folder without mergelab's marker an existing file of one of those names is
+    refused unless ``ours(path)`` (default: ``mergelab.io.output.written_by_mergelab``)
+    recognises it: mergelab never replaces a file it did not write."""
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
         raise MergelabError(f"{option} {folder}: is a file, not a folder")
+    if writes is None:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise MergelabError(f"{option} {folder}: cannot create it ({exc.strerror})") from None
+    elif not folder.is_dir():
+        parent = folder.absolute().parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            raise MergelabError(f"{option} {folder}: cannot create it ({parent} is a file)")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise MergelabError(f"{option} {folder}: cannot create it ({parent} is not writable)")
+        return folder
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise MergelabError(f"{option} {folder}: folder is not writable")
+    if writes is not None and not (folder / OUTPUT_MARK).is_file():
+        if ours is None:
+            from mergelab.io.output import written_by_mergelab as ours
+        for name in writes:
+            for found in sorted(folder.glob(name)) if glob.has_magic(name) else [folder / name]:
+                if (found.exists() or found.is_symlink()) and not (
+                    found.is_file() and ours(found)
+                ):
+                    raise MergelabError(
+                        f"{found}: not written by mergelab, and {option} {folder} would "
+                        f"replace it; move it away or choose another {option}"
+                    )
+    return folder
+
+
+def claim_output_folder(folder: Path, command: str, option: str = "--out") -> Path:
+    """Create ``folder`` (checked by :func:`output_folder`) when the first result is written,
+    and mark it as ``command``'s output so a rerun may replace mergelab's own files there."""
+    from mergelab.atomic import atomic_write_text
+
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise MergelabError(f"{option} {folder}: cannot create it ({exc.strerror})") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise MergelabError(f"{option} {folder}: folder is not writable")
+    if not (folder / OUTPUT_MARK).is_file():
+        atomic_write_text(folder / OUTPUT_MARK, f"# mergelab {command} output\n")
     return folder

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import re
 import signal
 import sys
@@ -24,7 +26,10 @@ def parse_size(text: str) -> int:
     number, unit = match.groups()
     unit = unit.upper()
     factor = UNITS[unit[:1]] if "I" not in unit else 1024 ** " KMGT".index(unit[0])
-    return int(float(number) * factor)
+    size = int(float(number) * factor)
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} is less than one byte")
+    return size
 
 
 def _merge_parser(sub: argparse._SubParsersAction) -> None:
@@ -215,7 +220,16 @@ class Terminated(KeyboardInterrupt):
 
 
 def _terminate(signum: int, frame: object) -> None:
+    # A second signal must not cut the cleanup short: ignore both until main() returns.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise Terminated
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 def _one_line(exc: OSError) -> str:
@@ -232,10 +246,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
     args = parser.parse_args(argv)
-    previous = signal.getsignal(signal.SIGTERM)
+    previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     in_main_thread = threading.current_thread() is threading.main_thread()
     if in_main_thread:
         signal.signal(signal.SIGTERM, _terminate)
+        signal.signal(signal.SIGINT, _interrupt)
     try:
         return args.run(args)
     except MergelabError as exc:
@@ -249,6 +264,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mergelab: interrupted; no partial output was left behind", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (``mergelab ... | head``): nothing to report to it.
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - stays open until exit
+        return 141
     except OSError as exc:
         if debug:
             traceback.print_exc()
@@ -265,7 +285,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         if in_main_thread:
-            signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGTERM, previous[0])
+            signal.signal(signal.SIGINT, previous[1])
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import json
 import math
 import platform
 import queue
+import sys
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -37,7 +38,7 @@ from mergelab.io.dtypes import (
     to_compute,
 )
 from mergelab.io.open import open_checkpoint
-from mergelab.io.writer import SafetensorsWriter, check_output
+from mergelab.io.writer import SafetensorsWriter, check_output, is_file_output
 from mergelab.methods import DeltaAccess, MergeMethod, TensorContext, get_method
 from mergelab.recipe import Recipe
 
@@ -192,9 +193,6 @@ def _instantiate(
     labels = (
         list(labels) if labels is not None else [f"model {i + 1}" for i in range(len(per_model))]
     )
-    _finite_values("parameter ", params)
-    for label, own in zip(labels, per_model, strict=True):
-        _finite_values(f"{label}: parameter ", own)
     per_model_fields = set(cls.PerModel.model_fields)
     defaults = {k: v for k, v in params.items() if k in per_model_fields}
     global_params = {k: v for k, v in params.items() if k not in per_model_fields}
@@ -208,6 +206,10 @@ def _instantiate(
             model_params.append(cls.PerModel.model_validate({**defaults, **own}))
         except ValidationError as exc:
             raise MergeError(_param_error(method_name, f" of {label}", exc, cls)) from None
+    # Checked as validated: "inf" or "1e400" given as text become float Inf only there.
+    _finite_values("parameter ", method_params.model_dump(by_alias=True))
+    for label, own in zip(labels, model_params, strict=True):
+        _finite_values(f"{label}: parameter ", own.model_dump())
     try:
         return cls(method_params, model_params)
     except ValueError as exc:
@@ -298,6 +300,8 @@ def build_plan(
         raise MergeError(str(exc) if dtype is None else f"--dtype: {exc}") from None
     check_inputs(models, base)
     inputs = [*models, *([base] if base is not None else [])]
+    if not inputs[0].infos:
+        raise MergeError(f"{inputs[0].label}: holds no tensors; nothing to merge")
     tensors = []
     mixed = []
     offset = 0
@@ -414,8 +418,10 @@ class _Slots:
         self.free[slot[0].dtype].put(slot)
 
 
-# Magnitude from which a value rounds to Inf (or NaN) in each narrow float output dtype.
+# Magnitude from which a value rounds to Inf (or NaN) in each float output dtype narrower
+# than float64 (float32 matters only when the merge computes in float64).
 _OVERFLOW_AT = {
+    "F32": 3.4028235677973366e38 * (1 + 2.0**-25),
     "F16": 65520.0,
     "BF16": 3.3961775292304957e38,
     "F8_E4M3": 464.0,
@@ -430,6 +436,8 @@ def _check_output(t: TensorPlan, out: np.ndarray, method: MergeMethod) -> None:
     if not out.size:
         return
     limit = _OVERFLOW_AT.get(t.out_dtype)
+    if limit is not None and out.dtype.itemsize <= STORAGE[t.out_dtype].itemsize:
+        limit = None  # the output dtype holds every finite value computed
     if limit is None:
         if math.isfinite(float(out.sum())) or np.isfinite(out).all():
             return
@@ -450,8 +458,10 @@ def _check_output(t: TensorPlan, out: np.ndarray, method: MergeMethod) -> None:
     )
 
 
-def execute(plan: MergePlan, sink: Sink, *, progress: bool = True) -> None:
-    """Run a checked plan, writing every output tensor to ``sink``."""
+def execute(plan: MergePlan, sink: Sink, *, progress: bool = True) -> list[str]:
+    """Run a checked plan, writing every output tensor to ``sink``. Returns the names of
+    the integer tensors that differ between the models (copied from the first)."""
+    differing: list[str] = []
     method = plan.method
     bar = tqdm(
         total=plan.bytes_read,
@@ -483,7 +493,9 @@ def execute(plan: MergePlan, sink: Sink, *, progress: bool = True) -> None:
     def load(item: tuple[TensorPlan, int, int]) -> Any:
         t, start, stop = item
         if not t.merged:
-            return plan.models[0].read(t.name, start, stop)
+            first = plan.models[0].read(t.name, start, stop)
+            same = all(np.array_equal(first, m.read(t.name, start, stop)) for m in plan.models[1:])
+            return first, same
         if not method.elementwise:
             stack = np.empty((len(plan.models), stop - start), dtype=t.compute_dtype)
             base = None if plan.base is None else np.empty(stop - start, dtype=t.compute_dtype)
@@ -539,8 +551,11 @@ def execute(plan: MergePlan, sink: Sink, *, progress: bool = True) -> None:
                 loaded = upcoming.result()
                 upcoming = fetch(index + 1)
                 if not t.merged:
-                    bar.update(loaded.nbytes)
-                    sink.write(t.name, start, loaded)
+                    values, same = loaded
+                    bar.update(values.nbytes)
+                    sink.write(t.name, start, values)
+                    if not same and t.name not in differing:
+                        differing.append(t.name)
                     continue
                 ctx = TensorContext(t.name, t.shape, start, model_offset=t.model_offset)
                 if model_stats is not None:
@@ -560,6 +575,7 @@ def execute(plan: MergePlan, sink: Sink, *, progress: bool = True) -> None:
                 sink.write(t.name, start, from_compute(np.asarray(out).reshape(-1), t.out_dtype))
     finally:
         bar.close()
+    return differing
 
 
 # -- entry points ------------------------------------------------------------------------------
@@ -587,6 +603,11 @@ def open_recipe(recipe: Recipe) -> MergePlan:
         if same:
             entries = [e for e in entries if e not in same]
             notes.append(f"{base_path} is the base; not merged again as a model")
+            if not entries:
+                raise MergeError(
+                    f"{base_path} is the base and the only model; list the models to merge "
+                    f"besides it"
+                )
     base = open_checkpoint(base_path, **options) if base_path is not None else None
     models = [open_checkpoint(e.model, **options) for e in entries]
     plan = build_plan(
@@ -624,9 +645,9 @@ def _record(plan: MergePlan) -> tuple[Recipe, dict[str, str]]:
     return recipe, metadata
 
 
-def _recipe_name(out: Path) -> str:
+def _recipe_name(out: str | Path) -> str:
     """The recipe record: ``NAME.mergelab.yaml`` beside a file, else ``mergelab.yaml``."""
-    return f"{out.stem}.mergelab.yaml" if out.suffix == ".safetensors" else "mergelab.yaml"
+    return f"{Path(out).stem}.mergelab.yaml" if is_file_output(out) else "mergelab.yaml"
 
 
 def _input_paths(plan: MergePlan) -> list[Path]:
@@ -658,8 +679,8 @@ def merge(
     try:
         record, metadata = _record(plan)
         header = "".join(f"# {k} {v}\n" for k, v in versions().items())
-        out = Path(out)
         yaml_name = _recipe_name(out)
+        out = Path(out)
         infos = [TensorInfo(t.name, t.shape, t.out_dtype) for t in plan.tensors]
         writer = SafetensorsWriter(
             out,
@@ -671,11 +692,18 @@ def merge(
             inputs=_input_paths(plan),
         )
         try:
-            execute(plan, writer, progress=progress)
+            differing = execute(plan, writer, progress=progress)
         except BaseException:
             writer.abort()
             raise
         writer.close()
+        if differing:
+            print(
+                f"mergelab: note: {len(differing)} integer tensor(s) differ between the models "
+                f"and were copied from {plan.models[0].label} (integers are never averaged): "
+                f"{_listing(differing)}",
+                file=sys.stderr,
+            )
     finally:
         for ckpt in plan.inputs:
             ckpt.close()
@@ -727,6 +755,6 @@ def check_plan_output(
         infos,
         max_shard_bytes=max_shard_bytes,
         force=force,
-        extra_names=[_recipe_name(Path(out))],
+        extra_names=[_recipe_name(out)],
         inputs=_input_paths(plan),
     )

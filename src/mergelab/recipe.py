@@ -88,7 +88,10 @@ def parse_assignment(text: str) -> tuple[str, Scalar]:
     name, sep, raw = text.partition("=")
     if not sep or not name.strip():
         raise MergeError(f"--param {text!r}: expected NAME=VALUE")
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        raise MergeError(f"--param {text!r}: the value is not a YAML scalar") from None
     if not isinstance(value, float | int | bool | str):
         raise MergeError(f"--param {text!r}: value must be a number, true/false or a word")
     return name.strip(), value

@@ -71,8 +71,15 @@ class ShardedCheckpoint(Checkpoint):
 def _hub_blobs(index_path: Path) -> list[Path]:
     """A Hugging Face cache snapshot links its files into ``../../blobs``: allowed there."""
     folder = index_path.parent
-    if folder.parent.name == "snapshots" and (folder.parent.parent / "blobs").is_dir():
-        return [folder.parent.parent / "blobs"]
+    repo = folder.parent.parent
+    blobs = repo / "blobs"
+    if (
+        folder.parent.name == "snapshots"
+        and blobs.is_dir()
+        and not blobs.is_symlink()
+        and blobs.resolve().parent == repo.resolve()
+    ):
+        return [blobs]
     return []
 
 

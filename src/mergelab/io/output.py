@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import sys
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -25,9 +26,10 @@ from mergelab.errors import MergeError, MergelabError
 __all__ = ["Output", "written_by_mergelab"]
 
 STAGING_PREFIX = ".mergelab-partial-"
-_STAGING = re.compile(rf"^{re.escape(STAGING_PREFIX)}(\d+)-")
-# Left by earlier versions: ``.NAME.partial-PID`` / ``.NAME.old-PID`` beside the output.
-_LEGACY = re.compile(r"^\.(.+)\.(?:partial|old)-(\d+)$")
+# The host is in the name so that on a shared (NFS) folder only this machine's dead
+# processes count as gone; mkdtemp adds 8 characters.
+_HOST = re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname())[:40] or "host"
+_STAGING = re.compile(rf"^{re.escape(STAGING_PREFIX)}{re.escape(_HOST)}-(\d+)-[a-z0-9_]{{8}}$")
 MODEL_FILES = re.compile(r"^model(?:-\d{5}-of-\d{5})?\.safetensors(?:\.index\.json)?$")
 RECIPE_MARK = "# mergelab "
 
@@ -70,23 +72,17 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
-def remove_stale_staging(folder: Path, names: Iterable[str]) -> list[Path]:
-    """Remove staging left in ``folder`` by processes that no longer run (SIGKILL, a power
-    cut); say so on stderr. ``names`` limits the old-style files to this output's names."""
+def remove_stale_staging(folder: Path) -> list[Path]:
+    """Remove staging folders left in ``folder`` by this machine's processes that no longer
+    run (SIGKILL, a power cut); say so on stderr."""
     if not folder.is_dir():
         return []
-    names = set(names)
     removed = []
     for entry in folder.iterdir():
         match = _STAGING.match(entry.name)
-        legacy = _LEGACY.match(entry.name)
-        if legacy and legacy.group(1) in names:
-            match = legacy
-            pid = int(legacy.group(2))
-        elif match:
-            pid = int(match.group(1))
-        else:
+        if not match or not entry.is_dir() or entry.is_symlink():
             continue
+        pid = int(match.group(1))
         if pid == os.getpid() or _alive(pid):
             continue
         _remove(entry)
@@ -132,6 +128,14 @@ class Output:
         self.out = out = Path(out)
         self.names = list(names)
         self.single = single
+        if out.is_symlink():
+            raise MergeError(
+                f"{option} {out}: is a symbolic link; give the path it stands for, or a new name"
+            )
+        try:
+            out.resolve(strict=False)
+        except (RuntimeError, OSError) as exc:
+            raise MergeError(f"{option} {out}: cannot be resolved ({exc})") from None
         _refuse_current_folder(out, option)
         self.folder = out.parent if single else out
         if single and out.is_dir():
@@ -183,10 +187,15 @@ class Output:
                     f"{option} {self.out}: holds the input {given}; write the merge to "
                     f"another folder (inputs are never replaced)"
                 )
+            if source.is_dir() and target.is_relative_to(source):
+                raise MergeError(
+                    f"{option} {self.out}: lies inside the input model folder {given}; "
+                    f"write the merge elsewhere (an input folder is never changed)"
+                )
 
     def open(self) -> None:
         """Create the staging folder (and the output folder, if new)."""
-        remove_stale_staging(self.folder, [self.out.name, *self.names])
+        remove_stale_staging(self.folder)
         if not self.folder.exists():
             try:
                 self.folder.mkdir()
@@ -195,7 +204,7 @@ class Output:
             self._created_folder = True
         try:
             self.staging = Path(
-                tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=self.folder)
+                tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{_HOST}-{os.getpid()}-", dir=self.folder)
             )
         except OSError as exc:
             self.abort()

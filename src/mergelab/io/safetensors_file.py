@@ -141,9 +141,9 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, int], dict
             )
         cursor = end
     if data_start + cursor != size:
-        what = "truncated" if data_start + cursor > size else "has trailing bytes"
+        what = "is truncated" if data_start + cursor > size else "has trailing bytes"
         raise MergeError(
-            f"{path}: file is {what}: header describes {data_start + cursor} bytes, file has {size}"
+            f"{path}: file {what}: header describes {data_start + cursor} bytes, file has {size}"
         )
     offsets = {name: data_start + begin for begin, _, name in spans}
     return infos, offsets, metadata, size

@@ -113,12 +113,13 @@ class SafetensorsWriter:
         metadata = {"format": "pt", **(metadata or {})}
         if not any(k.startswith("mergelab") for k in metadata):
             metadata[WRITER_MARK] = __version__  # what lets a later --force replace it
+        single = is_file_output(path)
         path = Path(path)
-        groups, names, extra = _files(path, infos, metadata, max_shard_bytes, extra_files)
+        groups, names, extra = _files(path, single, infos, metadata, max_shard_bytes, extra_files)
         self.target = Output(
             path,
             [*names, *extra],
-            single=path.suffix == ".safetensors",
+            single=single,
             force=force,
             inputs=inputs,
         )
@@ -176,15 +177,27 @@ class SafetensorsWriter:
         self.target.abort()
 
 
+def is_file_output(path: str | os.PathLike[str]) -> bool:
+    """``NAME.safetensors`` (any case) is one file; any other output is a folder. A name
+    ending in ``.safetensors/`` is refused: the slash says folder, the name says file."""
+    text = os.fspath(path)
+    if text.rstrip("/" + os.sep).lower().endswith(".safetensors") and text.endswith(("/", os.sep)):
+        raise MergeError(
+            f"--out {text}: a name ending in .safetensors is a file; drop the trailing slash "
+            f"(or pick a folder name without .safetensors)"
+        )
+    return Path(text).suffix.lower() == ".safetensors"
+
+
 def _files(
     path: Path,
+    single_file: bool,
     infos: Sequence[TensorInfo],
     metadata: dict[str, str],
     max_shard_bytes: int | None,
     extra_files: dict[str, str] | None,
 ) -> tuple[list[list[TensorInfo]], list[str], dict[str, str]]:
     """Shard groups, their file names, and the other files (index, recipe) with contents."""
-    single_file = path.suffix == ".safetensors"
     groups = shard_groups(list(infos), None if single_file else max_shard_bytes)
     n = len(groups)
     if single_file:
@@ -214,9 +227,11 @@ def check_output(
 ) -> list[str]:
     """What :class:`SafetensorsWriter` would check, touching nothing (for dry runs): the
     names of the files it would write, or the error it would raise."""
+    single = is_file_output(path)
     path = Path(path)
-    _, names, extra = _files(path, infos, {}, max_shard_bytes, dict.fromkeys(extra_names, ""))
-    single = path.suffix == ".safetensors"
+    _, names, extra = _files(
+        path, single, infos, {}, max_shard_bytes, dict.fromkeys(extra_names, "")
+    )
     Output(path, [*names, *extra], single=single, force=force, inputs=inputs)
     return [*names, *extra]
 
