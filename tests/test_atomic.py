@@ -21,10 +21,43 @@ def test_a_failed_write_leaves_the_old_file_and_no_temp(tmp_path):
         fh.write(b"half")
         raise OSError(28, "No space left on device")
 
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(MergelabError) as info:
         atomic_write(path, half)
+    assert str(info.value) == f"{path}: cannot write (No space left on device)"
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_an_error_about_another_file_keeps_that_files_name(tmp_path):
+    """A writer copying from a missing source: the source is named, not the target."""
+    missing = tmp_path / "cache" / "gone.bin"
+
+    def copy(fh):
+        fh.write(missing.read_bytes())
+
+    with pytest.raises(FileNotFoundError) as info:
+        atomic_write(tmp_path / "out" / "a.bin", copy)
+    assert info.value.filename == str(missing)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_disk_full_is_one_line_naming_the_file_through_the_cli(tmp_path, monkeypatch, capsys):
+    """Every caller gets the file name: here ``mergelab demo`` writing its first config."""
+    import os
+
+    from mergelab.cli import main
+
+    def full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    assert main(["demo", "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        f"mergelab: error: {tmp_path / 'd' / '.mergelab-output'}: cannot write "
+        f"(No space left on device)"
+    )
+    assert not (tmp_path / "d").exists()  # made by the failed command, so removed
 
 
 def test_new_files_are_readable_by_all(tmp_path):

@@ -145,3 +145,17 @@ def test_demo_merges_with_every_method(tmp_path, capsys):
     assert float(by_method["linear"][-1]) == 0.0  # the average is at distance 0 from itself
     assert main(["demo", "--out", str(tmp_path / "demo")]) == 2  # outputs exist: needs --force
     assert "pass --force" in capsys.readouterr().err
+
+
+def test_demo_refuses_a_users_files_before_any_work(tmp_path, capsys):
+    out = tmp_path / "mine"
+    (out / "checkpoints" / "base").mkdir(parents=True)
+    (out / "checkpoints" / "base" / "config.json").write_text('{"my": "config"}')
+    assert main(["demo", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"mergelab: error: {out / 'checkpoints' / 'base' / 'config.json'}: not written by "
+        f"mergelab, which would replace it; move it away or choose another --out"
+    ]
+    assert (out / "checkpoints" / "base" / "config.json").read_text() == '{"my": "config"}'
+    assert [p.name for p in out.rglob("*") if p.is_file()] == ["config.json"]

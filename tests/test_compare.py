@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mergelab.compare import EXTRA_COLUMNS, RESULT_COLUMNS, compare, run_compare
+from mergelab.compare import EXTRA_COLUMNS, RESULT_COLUMNS, RESULT_FILES, compare, run_compare
 from mergelab.compare_cli import add_compare_parser
 from mergelab.data import DatasetSplits, load_dataset
 from mergelab.data.dataset import SplitPart, make_info
@@ -77,7 +77,7 @@ def test_compare_returns_and_writes_tidy_rows(
     assert (df["n_models"] == 3).all() and (df["dataset"] == "digits").all()
     # 3 individual + 9 methods, x 2 splits x 3 metrics
     assert len(df) == (3 + 11) * 2 * 3
-    assert sorted(p.name for p in out.iterdir()) == ["results.csv", "results.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".mergelab-output", *RESULT_FILES]
     csv = pd.read_csv(out / "results.csv")
     assert list(csv.columns) == list(df.columns)
     np.testing.assert_allclose(csv["value"], df["value"])
@@ -111,7 +111,7 @@ def test_results_are_replaced_atomically(
     monkeypatch.setattr(os, "replace", spy)
     _run(digits, ckpts, cache, out=out)
     written = [(Path(s), Path(d)) for s, d in calls if Path(d).parent == out]
-    assert {d.name for _, d in written} == {"results.csv", "results.json"}
+    assert {d.name for _, d in written} == {".mergelab-output", "results.csv", "results.json"}
     assert all(s.parent == out and s.name.startswith(f".{d.name}.") for s, d in written)
 
     (out / "results.csv").write_text("old\n")
@@ -122,7 +122,7 @@ def test_results_are_replaced_atomically(
         real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", failing)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(MergelabError, match=r"results\.csv: cannot write \(disk full\)$"):
         _run(digits, ckpts, cache, out=out)
     assert (out / "results.csv").read_text() == "old\n"
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
@@ -367,7 +367,7 @@ def test_in_chans_against_the_checkpoint_is_one_line(
         f"mergelab: error: --in-chans 1, but {resnet18_files[0]} has conv1.weight "
         f"(64, 3, 7, 7), which means 3 input channels\n"
     )
-    assert not (tmp_path / "c").exists() and list((tmp_path / "out").iterdir()) == []
+    assert not (tmp_path / "c").exists() and not (tmp_path / "out").exists()
 
 
 def _save(sd: dict, path: Path) -> Path:
@@ -491,3 +491,132 @@ def test_read_only_out_is_one_line_and_nothing_is_written(
         out.chmod(0o755)
     assert (rc, text, err) == (2, "", f"mergelab: error: --out {out}: folder is not writable\n")
     assert list(out.iterdir()) == [] and not (tmp_path / "c").exists()
+
+
+# -- trust: user files, folders left behind, options, file names, non-finite logits -------
+
+
+def _args(ckpts: list[Path], tmp_path: Path, *more: str) -> list[str]:
+    models = [str(c) for c in ckpts]
+    return ["--arch", "mlp", "--data", "digits", "--models", *models, *more]
+
+
+def test_a_users_results_file_is_refused_before_any_work(
+    ckpts: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "results.json").write_text("my precious results\n")
+    argv = _args(ckpts[:1], tmp_path, "--out", str(out), "--cache-dir", str(tmp_path / "c"))
+    rc, text, err = _cli(argv, capsys)
+    assert (rc, text) == (2, "")
+    assert err == (
+        f"mergelab: error: {out / 'results.json'}: not written by mergelab, which would "
+        f"replace it; move it away or choose another --out\n"
+    )
+    assert (out / "results.json").read_text() == "my precious results\n"
+    assert sorted(p.name for p in out.iterdir()) == ["results.json"]
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_failed_compare_leaves_no_folder_it_made(
+    ckpts: list[Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    out, cache = tmp_path / "new" / "deep", tmp_path / "cache"
+    rc, _, err = _cli(
+        ["--arch", "cnn", "--data", "digits", "--models", str(ckpts[0]), "--out", str(out)],
+        capsys,
+    )
+    assert rc == 2 and "cnn" in err
+    assert not (tmp_path / "new").exists()
+
+    import tempfile
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "mkstemp", full)  # the disk is full: no file can be made
+    rc, _, err = _cli(
+        _args(ckpts[:1], tmp_path, "--out", str(out), "--cache-dir", str(cache)), capsys
+    )
+    assert rc == 2
+    last = err.splitlines()[-1]  # (a cache that cannot be written may warn first)
+    assert last.startswith(f"mergelab: error: {tmp_path}/")
+    assert last.endswith(": cannot write (No space left on device)")
+    assert not (tmp_path / "new").exists() and not cache.exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "allowed"),
+    [("--seed", "-1", "0..4294967295"), ("--img-size", "100000", "1..1024")],
+)
+def test_seed_and_image_size_are_checked_when_parsed(
+    ckpts: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], option, value, allowed
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        _cli(_args(ckpts[:1], tmp_path, option, value), capsys)
+    assert info.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == (
+        f"mergelab compare: error: argument {option}: '{value}': must be an integer {allowed}"
+    )
+    with pytest.raises(MergelabError, match=rf"^{option} {value}: must be {allowed}$"):
+        run_compare(
+            ckpts[:1], arch="mlp", data="digits", **{option[2:].replace("-", "_"): int(value)}
+        )
+
+
+def _edited(path: Path, folder: Path, name: str, edit) -> Path:
+    from safetensors.torch import load_file
+
+    sd = load_file(str(path))
+    edit(sd)
+    folder.mkdir(exist_ok=True)
+    save_file(sd, str(folder / name))
+    return folder / name
+
+
+def test_soup_errors_name_the_files(
+    ckpts: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def as_int(sd):
+        sd["head.weight"] = sd["head.weight"].to(torch.int32)
+
+    bad = _edited(ckpts[1], tmp_path / "bad", "int.safetensors", as_int)
+    rc, _, err = _cli(_args([ckpts[0], bad], tmp_path, "--cache-dir", str(tmp_path / "c")), capsys)
+    assert rc == 2
+    assert f"head.weight: {ckpts[0]} float32 vs {bad} int32" in err
+    assert "model 1" not in err and "model 2" not in err
+
+
+def test_non_finite_logits_are_a_note_naming_the_file_and_no_warning(
+    digits: DatasetSplits, ckpts: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import warnings
+
+    def huge(sd):
+        for k in sd:
+            sd[k] = sd[k] * 1e30  # finite weights, overflowing logits
+
+    big = _edited(ckpts[1], tmp_path / "bad", "huge.safetensors", huge)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        frame = _run(digits, [ckpts[0], big], tmp_path)
+    note = (
+        f"{big}: non-finite logits (NaN or Inf) on 100.0% of val rows, 100.0% of test rows; "
+        f"those rows count as wrong, and its NLL and ECE are NaN"
+    )
+    assert note in frame.attrs["notes"]
+    rows = frame[(frame.method == "Individual") & (frame.members == "huge")]
+    assert set(rows[rows.metric == "accuracy"].value) == {0.0}
+    rc, text, err = _cli(_args([ckpts[0], big], tmp_path, "--cache-dir", str(tmp_path)), capsys)
+    assert (rc, err) == (0, "") and f"note: {note}\n" in text
+    rc, text, err = _cli(_args([big, big], tmp_path, "--cache-dir", str(tmp_path)), capsys)
+    assert (rc, text) == (2, "")
+    assert err == (
+        f"mergelab: error: every model gives non-finite logits (NaN or Inf) on every val and "
+        f"test row ({big}, {big}): nothing to compare; are the weights overflowing?\n"
+    )

@@ -7,11 +7,13 @@ every command at once.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import math
 import os
+import shutil
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from mergelab.errors import MergelabError
@@ -26,6 +28,7 @@ __all__ = [
     "inside_folder",
     "output_folder",
     "regular_file",
+    "removed_if_left_empty",
     "same_or_within",
 ]
 
@@ -118,12 +121,10 @@ def output_folder(
             from mergelab.io.output import written_by_mergelab as ours
         for name in writes:
             for found in sorted(folder.glob(name)) if glob.has_magic(name) else [folder / name]:
-                if (found.exists() or found.is_symlink()) and not (
-                    found.is_file() and ours(found)
-                ):
+                if (found.exists() or found.is_symlink()) and not (found.is_file() and ours(found)):
                     raise MergelabError(
-                        f"{found}: not written by mergelab, and {option} {folder} would "
-                        f"replace it; move it away or choose another {option}"
+                        f"{found}: not written by mergelab, which would replace it; move it "
+                        f"away or choose another {option}"
                     )
     return folder
 
@@ -140,3 +141,29 @@ def claim_output_folder(folder: Path, command: str, option: str = "--out") -> Pa
     if not (folder / OUTPUT_MARK).is_file():
         atomic_write_text(folder / OUTPUT_MARK, f"# mergelab {command} output\n")
     return folder
+
+
+@contextlib.contextmanager
+def removed_if_left_empty(*folders: Path | None) -> Iterator[None]:
+    """On failure (an error, Ctrl-C, SIGTERM turned into an exception), remove each of
+    ``folders`` that did not exist on entry (from its topmost new parent) and holds no file
+    but mergelab's marker: a failed command leaves no empty folders behind."""
+    created = []
+    for folder in folders:
+        if folder is None or folder.exists():
+            continue
+        top = folder.absolute()
+        while not top.parent.exists() and top.parent != top.parent.parent:
+            top = top.parent
+        created.append(top)
+    try:
+        yield
+    except BaseException:
+        for top in created:
+            if (
+                top.is_dir()
+                and not top.is_symlink()
+                and all(p.is_dir() or p.name == OUTPUT_MARK for p in top.rglob("*"))
+            ):
+                shutil.rmtree(top, ignore_errors=True)
+        raise

@@ -12,7 +12,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,8 +22,14 @@ import pandas as pd
 import torch
 
 from mergelab.atomic import atomic_write_text
-from mergelab.checks import output_folder, regular_file
+from mergelab.checks import (
+    claim_output_folder,
+    output_folder,
+    regular_file,
+    removed_if_left_empty,
+)
 from mergelab.combine import METHODS, Combination, Ingredient, rank_by_score, run_combinations
+from mergelab.compare_cli import MAX_IMG_SIZE, MAX_SEED
 from mergelab.data import DatasetSplits, ImageSpec, load_dataset
 from mergelab.data.info import DatasetInfo
 from mergelab.errors import ConfigError, MergeError
@@ -34,12 +40,16 @@ from mergelab.evaluate import (
     default_cache_dir,
     primary_metric,
 )
+from mergelab.evaluate.metrics import nonfinite
 from mergelab.models.infer import CHANNELS, Fact, checkpoint_shapes, read_input
 from mergelab.results import RESULT_COLUMNS, correct_examples
 
 __all__ = [
     "EXTRA_COLUMNS",
+    "MAX_IMG_SIZE",
+    "MAX_SEED",
     "RESULT_COLUMNS",
+    "RESULT_FILES",
     "CompareReport",
     "compare",
     "run_compare",
@@ -58,6 +68,8 @@ EXTRA_COLUMNS = (
     "forward_samples",
     "seconds",
 )
+
+RESULT_FILES = ("results.csv", "results.json")
 
 ModelLike = str | os.PathLike[str] | Mapping[str, Any] | ModelSource
 
@@ -186,8 +198,8 @@ def _spec(info: DatasetInfo, in_chans: int | None, img_size: int | None) -> Imag
         return None
     if in_chans is not None and in_chans not in CHANNELS:
         raise ConfigError(f"--in-chans {in_chans}: images can be given 1 or 3 channels")
-    if img_size is not None and img_size < 1:
-        raise ConfigError(f"--img-size {img_size}: must be positive")
+    if img_size is not None and not 1 <= img_size <= MAX_IMG_SIZE:
+        raise ConfigError(f"--img-size {img_size}: must be 1..{MAX_IMG_SIZE}")
     return ImageSpec(
         channels=in_chans if in_chans is not None else info.channels,
         size=img_size if img_size is not None else info.image_size[0],
@@ -285,8 +297,58 @@ def run_compare(
     t_start = time.perf_counter()
     if not models:
         raise MergeError("compare: give at least one model")
-    # A file or read-only folder as ``out`` is refused before any work.
-    folder = output_folder(Path(out).expanduser()) if out is not None else None
+    if not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"--seed {seed}: must be 0..{MAX_SEED}")
+    if img_size is not None and not 1 <= img_size <= MAX_IMG_SIZE:
+        raise ConfigError(f"--img-size {img_size}: must be 1..{MAX_IMG_SIZE}")
+    # A file, a read-only folder or a file mergelab did not write under ``out`` is refused
+    # before any work; the folder is made only when the results are written.
+    folder = None
+    if out is not None:
+        folder = output_folder(Path(out).expanduser(), writes=RESULT_FILES)
+    cache_root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    with removed_if_left_empty(folder, cache_root):
+        return _run_compare(
+            models,
+            arch=arch,
+            num_classes=num_classes,
+            data=data,
+            folder=folder,
+            head=head,
+            img_size=img_size,
+            in_chans=in_chans,
+            batch_size=batch_size,
+            seed=seed,
+            strict_greedy=strict_greedy,
+            bn_recalibrate=bn_recalibrate,
+            cache_root=cache_root,
+            progress=progress,
+            bn_batches=bn_batches,
+            device=device,
+            t_start=t_start,
+        )
+
+
+def _run_compare(
+    models: Sequence[ModelLike],
+    *,
+    arch: str,
+    num_classes: int | None,
+    data: str | DatasetSplits,
+    folder: Path | None,
+    head: str | None,
+    img_size: int | None,
+    in_chans: int | None,
+    batch_size: int,
+    seed: int,
+    strict_greedy: bool,
+    bn_recalibrate: bool,
+    cache_root: Path,
+    progress: bool,
+    bn_batches: int | None,
+    device: str | None,
+    t_start: float,
+) -> CompareReport:
     splits = data if isinstance(data, DatasetSplits) else load_dataset(data, seed=seed)
     info = splits.info
     if num_classes is not None and num_classes != info.num_classes:
@@ -300,7 +362,6 @@ def run_compare(
     given = {"in_chans": in_chans, "img_size": img_size, "num_classes": num_classes}
     found = _read_inputs(sources, arch, head, given)
     num_classes, spec, notes = _model_input(info, found, given, len(sources))
-    cache_root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     ev = Evaluator(
         splits,
         arch=arch,
@@ -330,9 +391,11 @@ def run_compare(
         ingredients.append(Ingredient(s, {split: ev.outputs(s, split) for split in SPLITS}))
         new = counter.records[n0:]
         own_passes.append((len(new), sum(r.samples for r in new), sum(r.seconds for r in new)))
+    notes += _nonfinite_notes(ingredients)
     t_evaluated = time.perf_counter()
 
     combos = run_combinations(ev, ingredients, strict=strict_greedy, bn_recalibrate=bn_recalibrate)
+    notes += _nonfinite_notes(combos.values())
     t_combined = time.perf_counter()
     params, flops = ev.cost()
     t_cost = time.perf_counter()
@@ -479,10 +542,41 @@ def run_compare(
     )
 
 
+def _nonfinite_notes(produced: Iterable[Ingredient | Combination]) -> list[str]:
+    """Name each model (its file) or combination whose logits hold NaN or infinity, with
+    the share of such rows per split; if every input model is non-finite on every row,
+    there is nothing to compare: one error line naming them."""
+    notes, dead = [], []
+    items = list(produced)
+    for item in items:
+        if isinstance(item, Ingredient):
+            who, logits = _file(item.source), {s: item.outputs[s].logits for s in SPLITS}
+        else:
+            who, logits = item.method, {s: item.logits[s] for s in SPLITS}
+        share = {s: nonfinite(logits[s]) for s in SPLITS}
+        if any(v > 0 for v in share.values()):
+            shares = ", ".join(f"{share[s]:.1%} of {s} rows" for s in SPLITS)
+            notes.append(
+                f"{who}: non-finite logits (NaN or Inf) on {shares}; those rows count as "
+                f"wrong, and its NLL and ECE are NaN"
+            )
+        dead.append(all(v == 1 for v in share.values()))
+    if items and isinstance(items[0], Ingredient) and all(dead):
+        raise ConfigError(
+            f"every model gives non-finite logits (NaN or Inf) on every val and test row "
+            f"({', '.join(_file(i.source) for i in items)}): nothing to compare; are the "
+            f"weights overflowing?"
+        )
+    return notes
+
+
 def write_results(frame: pd.DataFrame, out: str | os.PathLike[str]) -> list[Path]:
     """Write ``OUT/results.csv`` and ``OUT/results.json`` (records; NaN as null), each
-    atomically: a reader never sees a half-written file, a failure leaves the old one."""
-    folder = output_folder(Path(out).expanduser())
+    atomically: a reader never sees a half-written file, a failure leaves the old one.
+    A file of those names that mergelab did not write is refused (:func:`output_folder`)."""
+    folder = claim_output_folder(
+        output_folder(Path(out).expanduser(), writes=RESULT_FILES), "compare"
+    )
     csv_text = frame.to_csv(index=False, lineterminator="\n")
     records = [
         {k: _json_value(v) for k, v in row.items()} for row in frame.to_dict(orient="records")

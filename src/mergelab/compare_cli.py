@@ -4,11 +4,32 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from mergelab.errors import MergeError
 
+MAX_SEED = 2**32 - 1  # NumPy's and torch's seeds are 32-bit on every platform
+# Image side: the largest input of common classifiers is under 1024 (EfficientNet-B7 600,
+# BEiT-L 512), and one batch of 256 RGB images of 1024x1024 in float32 is already 3 GiB.
+MAX_IMG_SIZE = 1024
+
 __all__ = ["add_compare_parser", "format_table"]
+
+
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an integer in ``low..high`` (argparse names the option in errors)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text!r}: must be an integer {low}..{high}")
+        return value
+
+    return parse
 
 
 def add_compare_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -34,7 +55,7 @@ def add_compare_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--head", help="dotted name of the final nn.Linear (guessed by default)")
     p.add_argument(
         "--img-size",
-        type=int,
+        type=_int_in(1, MAX_IMG_SIZE),
         help="model input side (default: fixed by the checkpoints (ViT, MLP), else the dataset's)",
     )
     p.add_argument(
@@ -43,7 +64,12 @@ def add_compare_parser(subparsers: argparse._SubParsersAction) -> None:
         help="model input channels, 1 or 3 (default: the checkpoints', else the dataset's)",
     )
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
-    p.add_argument("--seed", type=int, default=0, help="seed of the dataset's splits")
+    p.add_argument(
+        "--seed",
+        type=_int_in(0, MAX_SEED),
+        default=0,
+        help=f"seed of the dataset's splits (0..{MAX_SEED})",
+    )
     p.add_argument(
         "--strict-greedy", action="store_true", help="greedy: keep a model only if val improves"
     )

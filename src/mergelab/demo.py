@@ -16,12 +16,15 @@ from pathlib import Path
 import numpy as np
 
 from mergelab.atomic import atomic_write_text
+from mergelab.checks import claim_output_folder, output_folder, removed_if_left_empty
 from mergelab.engine import merge
 from mergelab.errors import MergeError
 from mergelab.fixtures import write_llama_fixture
 from mergelab.io import open_checkpoint
 from mergelab.recipe import ModelEntry, Recipe
 
+FIXTURES = ("base", "ft1", "ft2", "ft3", "ft4")
+MERGE_FILES = (".safetensors", ".mergelab.yaml")  # what a merge writes per output
 DEMO_METHODS: dict[str, dict] = {
     "linear": {},
     "task_arithmetic": {"lambda": 0.5},
@@ -49,13 +52,30 @@ def _distance(a: Path, b: Path) -> float:
 def run_demo(
     out: str | Path = "mergelab-demo", *, force: bool = False, progress: bool = True
 ) -> Path:
-    """Write checkpoints, merged outputs and ``summary.csv`` under ``out``."""
+    """Write checkpoints, merged outputs and ``summary.csv`` under ``out`` (refused before
+    any work where a file of those names is there that mergelab did not write)."""
     out = Path(out)
     merged_dir = out / "merged"
+    output_folder(out, writes=_writes())
     if merged_dir.exists() and any(merged_dir.iterdir()) and not force:
         raise MergeError(f"{merged_dir}: already has merged outputs; pass --force to redo them")
+    with removed_if_left_empty(out):
+        claim_output_folder(out, "demo")
+        return _run(out, merged_dir, progress)
+
+
+def _writes() -> list[str]:
+    """The files the demo writes into its folder."""
+    models = [
+        f"checkpoints/{m}/{f}" for m in FIXTURES for f in ("config.json", "model.safetensors")
+    ]
+    merged = [f"merged/{label}{ext}" for label in DEMO_METHODS for ext in MERGE_FILES]
+    return ["summary.csv", *models, *merged]
+
+
+def _run(out: Path, merged_dir: Path, progress: bool) -> Path:
     folders = write_llama_fixture(
-        out / "checkpoints", hidden=256, layers=4, intermediate=704, vocab=4000
+        out / "checkpoints", hidden=256, layers=4, intermediate=704, vocab=4000, finetunes=4
     )
     merged_dir.mkdir(parents=True, exist_ok=True)
     base, models = folders[0], folders[1:]

@@ -241,9 +241,7 @@ def check_inputs(models: Sequence[Checkpoint], base: Checkpoint | None) -> None:
         if extra:
             problems.append(f"{ckpt.label}: {len(extra)} extra tensors: {_listing(extra)}")
     if problems:
-        raise MergeError(
-            f"parameter names differ from {reference.label}:\n  " + "\n  ".join(problems)
-        )
+        raise MergeError(f"tensor names differ from {reference.label}: " + "; ".join(problems))
     shapes = []
     for name, info in reference.infos.items():
         for ckpt in inputs[1:]:
@@ -261,7 +259,8 @@ def check_inputs(models: Sequence[Checkpoint], base: Checkpoint | None) -> None:
                     f"{ckpt.label} {dtype_name(other.dtype)}"
                 )
     if shapes:
-        raise MergeError("tensor shapes or kinds differ:\n  " + "\n  ".join(shapes[:MAX_LISTED]))
+        more = f"; ... ({len(shapes) - 5} more)" if len(shapes) > 5 else ""
+        raise MergeError(f"tensor shapes or kinds differ: {'; '.join(shapes[:5])}{more}")
 
 
 def _listing(names: list[str]) -> str:
@@ -324,9 +323,11 @@ def build_plan(
         )
         offset += info.numel
     if mixed:
+        more = f"; ... ({len(mixed) - 3} more)" if len(mixed) > 3 else ""
         raise MergeError(
-            "inputs mix dtypes; choose the output dtype with --dtype (e.g. --dtype float32):\n  "
-            + "\n  ".join(mixed[:MAX_LISTED])
+            "inputs mix dtypes; choose the output dtype with --dtype (e.g. --dtype float32): "
+            + "; ".join(mixed[:3])
+            + more
         )
     return MergePlan(method, list(models), base, tensors, recipe)
 

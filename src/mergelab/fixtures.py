@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mergelab.atomic import atomic_write_text
 from mergelab.io import save_state_dict
 
 
@@ -73,7 +74,7 @@ def write_llama_fixture(
     }
     for k, folder in enumerate(folders):
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "config.json").write_text(json.dumps(config, indent=2))
+        atomic_write_text(folder / "config.json", json.dumps(config, indent=2))
         state = (
             base
             if k == 0

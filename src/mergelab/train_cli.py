@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import IO
 
 from mergelab.atomic import atomic_write, atomic_write_text
-from mergelab.checks import output_folder
+from mergelab.checks import claim_output_folder, output_folder
 from mergelab.errors import MergeError
+from mergelab.io.output import written_by_mergelab
 
 __all__ = ["add_train_parser", "place_file"]
 
@@ -125,6 +126,17 @@ def _remove_stale(out: Path, before: dict[str, str], keep: set[str]) -> None:
             path.unlink()
 
 
+def _ours(path: Path) -> bool:
+    """A checkpoint mergelab wrote, or the manifest of an earlier ``mergelab train``."""
+    if path.name != MANIFEST:
+        return written_by_mergelab(path)
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and {"recipe", "start", "ingredients"} <= manifest.keys()
+
+
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -138,8 +150,18 @@ def _run_train(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise MergeError(f"--workers must be >= 1, got {args.workers}")
     recipe = IngredientRecipe.from_yaml(args.recipe)
-    out = output_folder(Path(args.out).expanduser(), "--out")
-    cache = Path(args.cache_dir).expanduser() if args.cache_dir else default_train_cache()
+    width = max(2, len(str(recipe.n_models - 1)))
+    names = [f"ingredient-{i:0{width}d}.safetensors" for i in range(recipe.n_models)]
+    out = output_folder(
+        Path(args.out).expanduser(),
+        "--out",
+        writes=["start.safetensors", *names, MANIFEST],
+        ours=_ours,
+    )
+    if args.cache_dir:
+        cache = output_folder(Path(args.cache_dir).expanduser(), "--cache-dir", writes=())
+    else:
+        cache = default_train_cache()
     paths = make_ingredients(
         recipe,
         cache_dir=cache,
@@ -149,10 +171,10 @@ def _run_train(args: argparse.Namespace) -> int:
         workers=args.workers,
         log=None if args.no_progress else _log,
     )
-    width = max(2, len(str(len(paths) - 1)))
     start = start_checkpoint(recipe, cache)
     files = {"start.safetensors": start} if start is not None else {}
-    files |= {f"ingredient-{i:0{width}d}.safetensors": p for i, p in enumerate(paths)}
+    files |= dict(zip(names, paths, strict=True))
+    claim_output_folder(out, "train")
     _remove_stale(out, _placed_before(out), set(files))
     for name, source in files.items():
         place_file(source, out / name)

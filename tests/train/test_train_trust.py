@@ -135,6 +135,7 @@ def test_a_reused_out_folder_holds_exactly_the_current_files(tmp_path, capsys):
     user_copy.write_bytes(b"user bytes")
     _train(tmp_path, 2, mode="independent")
     assert sorted(p.name for p in out.iterdir()) == [
+        ".mergelab-output",
         "ingredient-00.safetensors",
         "ingredient-01.safetensors",
         "ingredient-09.safetensors",
@@ -172,6 +173,68 @@ def test_out_that_is_a_file_is_one_error_line(tmp_path, capsys):
     assert (tmp_path / "taken").read_text() == "x"
 
 
+def _recipe(tmp_path: Path) -> Path:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE.format(n=2, mode="independent"))
+    return recipe
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("ingredient-01.safetensors", "my own model"),
+        ("start.safetensors", "my own start"),
+        ("ingredients.json", '{"mine": true}'),
+    ],
+)
+def test_a_users_file_in_out_is_refused_before_training(tmp_path, capsys, name, content):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / name).write_text(content)
+    argv = ["train", str(_recipe(tmp_path)), "--out", str(out), "--no-progress"]
+    assert main([*argv, "--cache-dir", str(tmp_path / "cache")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"mergelab: error: {out / name}: not written by mergelab, which would replace it; "
+        f"move it away or choose another --out"
+    ]
+    assert (out / name).read_text() == content
+    assert sorted(p.name for p in out.iterdir()) == [name]
+    assert not (tmp_path / "cache").exists()  # nothing trained
+
+
+def test_a_rerun_into_an_unmarked_out_of_an_earlier_mergelab_train_works(tmp_path):
+    out = _train(tmp_path, 2, mode="independent")
+    (out / ".mergelab-output").unlink()  # as mergelab wrote it before the marker existed
+    before = (out / "ingredient-00.safetensors").read_bytes()
+    _train(tmp_path, 2, mode="independent")
+    assert (out / "ingredient-00.safetensors").read_bytes() == before
+
+
+def test_a_cache_dir_that_is_a_file_is_one_line_and_out_is_not_made(tmp_path, capsys):
+    (tmp_path / "taken").write_text("x")
+    out = tmp_path / "out"
+    argv = ["train", str(_recipe(tmp_path)), "--out", str(out), "--no-progress"]
+    assert main([*argv, "--cache-dir", str(tmp_path / "taken")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"mergelab: error: --cache-dir {tmp_path / 'taken'}: is a file, not a folder"]
+    assert not out.exists()
+
+
+def test_an_interrupted_training_leaves_no_out_folder(tmp_path, capsys, monkeypatch):
+    import mergelab.train.recipe as recipe_module
+
+    def fail(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C (or SIGTERM) while training
+
+    monkeypatch.setattr(recipe_module, "make_ingredients", fail)
+    out = tmp_path / "new" / "out"
+    argv = ["train", str(_recipe(tmp_path)), "--out", str(out), "--no-progress"]
+    assert main([*argv, "--cache-dir", str(tmp_path / "cache")]) == 130
+    assert capsys.readouterr().err == "mergelab: interrupted; no partial output was left behind\n"
+    assert not (tmp_path / "new").exists()
+
+
 def test_state_on_disk_matches_the_trained_model(tmp_path):
     """The recorded hash is of the tensors as saved, so a fresh run verifies at once."""
     from mergelab.hashing import checkpoint_sha256
@@ -189,6 +252,7 @@ def test_a_manifest_from_before_files_is_understood(tmp_path):
     (out / "ingredients.json").write_text(json.dumps(manifest))
     _train(tmp_path, 2, mode="independent")
     assert sorted(p.name for p in out.iterdir()) == [
+        ".mergelab-output",
         "ingredient-00.safetensors",
         "ingredient-01.safetensors",
         "ingredients.json",

@@ -84,10 +84,13 @@ class Combination:
     steps: list[GreedyStep] = field(default_factory=list)
 
 
-def uniform_soup(state_dicts: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+def uniform_soup(
+    state_dicts: Sequence[dict[str, torch.Tensor]], labels: Sequence[str] | None = None
+) -> dict[str, torch.Tensor]:
     """Uniform average of state dicts (``merge_state_dicts("linear")``; integer buffers such
-    as BatchNorm's ``num_batches_tracked`` come from the first)."""
-    return merge_state_dicts("linear", list(state_dicts))
+    as BatchNorm's ``num_batches_tracked`` come from the first). ``labels`` (their files,
+    say) name the inputs in errors."""
+    return merge_state_dicts("linear", list(state_dicts), labels=labels)
 
 
 class SoupEvaluator:
@@ -114,7 +117,11 @@ class SoupEvaluator:
         if key in self._sources:
             self._sources.move_to_end(key)
             return self._sources[key]
-        merged = uniform_soup([self.ingredients[i].source.state_dict() for i in key])
+        sources = [self.ingredients[i].source for i in key]
+        merged = uniform_soup(
+            [s.state_dict() for s in sources],
+            labels=[str(s.path) if s.path is not None else s.name for s in sources],
+        )
         names = "+".join(self.ingredients[i].name for i in key)
         src = ModelSource(f"soup[{names}]", state_dict=merged)
         self._sources[key] = src

@@ -124,11 +124,12 @@ class OutputCache:
         try:
             # No fsync: after a power loss a damaged entry fails its check and is recomputed.
             atomic_write(path, lambda fh: np.savez(fh, meta=text, **arrays), fsync=False)
-        except OSError as exc:
+        except (OSError, MergelabError) as exc:
             self.writable = False
+            reason = getattr(exc.__cause__, "strerror", None) or getattr(exc, "strerror", None)
             print(
                 f"mergelab: warning: cannot write to the output cache {self.root} "
-                f"({exc.strerror or exc}); going on without caching outputs on disk",
+                f"({reason or exc}); going on without caching outputs on disk",
                 file=sys.stderr,
             )
 

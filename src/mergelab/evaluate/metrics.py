@@ -34,8 +34,9 @@ ECE_BINS = 15
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise log-softmax in float64 (stable for large logits)."""
     z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    with np.errstate(invalid="ignore", over="ignore"):  # a non-finite row gives NaN, quietly
+        z = z - z.max(axis=1, keepdims=True)
+        return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -147,13 +148,15 @@ def mean_auroc(scores: np.ndarray, targets: np.ndarray, *, warn: bool = True) ->
 
 def nll(logits: np.ndarray, targets: np.ndarray) -> float:
     """Mean negative log-likelihood: cross-entropy (single-label) or mean binary
-    cross-entropy over every (sample, label) (multi-label)."""
+    cross-entropy over every (sample, label) (multi-label); NaN when a row's logits hold NaN
+    or infinity."""
     logits, targets = _check(logits, targets)
     if _is_multilabel(logits, targets):
         z = logits.astype(np.float64)
         y = targets.astype(np.float64)
         # log(1 + exp(-|z|)) + max(z, 0) - z*y == BCE with logits, computed stably.
-        loss = np.logaddexp(0.0, -np.abs(z)) + np.maximum(z, 0.0) - z * y
+        with np.errstate(invalid="ignore"):
+            loss = np.logaddexp(0.0, -np.abs(z)) + np.maximum(z, 0.0) - z * y
         return float(loss.mean())
     logp = log_softmax(logits)
     return float(-logp[np.arange(len(targets)), targets.astype(np.int64)].mean())
@@ -166,6 +169,7 @@ def ece(logits: np.ndarray, targets: np.ndarray, *, bins: int = ECE_BINS) -> flo
     Multi-label: every (sample, label) is a binary prediction; its top label is the more
     likely of {0, 1}, so confidence = max(p, 1 - p) and correct = (p > 0.5) == target.
     ECE = sum over bins of |accuracy - mean confidence| x fraction of predictions in the bin.
+    NaN when a row's logits hold NaN or infinity.
     """
     logits, targets = _check(logits, targets)
     if _is_multilabel(logits, targets):
@@ -176,6 +180,8 @@ def ece(logits: np.ndarray, targets: np.ndarray, *, bins: int = ECE_BINS) -> flo
         prob = np.exp(log_softmax(logits))
         conf = prob.max(axis=1)
         correct = prob.argmax(axis=1) == targets
+    if not np.isfinite(conf).all():  # non-finite logits: no confidence, no calibration
+        return float("nan")
     # Bins (lo, hi]; confidence 0 (impossible for top-label) would go to the first bin.
     idx = np.clip(np.ceil(conf * bins).astype(np.int64) - 1, 0, bins - 1)
     np.bincount(idx, minlength=bins)

@@ -9,18 +9,27 @@ drawn from those two files alone. Training runs and model outputs are cached und
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
-from mergelab.checks import output_folder
+from mergelab.checks import claim_output_folder, output_folder, removed_if_left_empty
 from mergelab.report import Results, write_all
 from mergelab.studies.config import StudyConfig, load_config
 from mergelab.studies.context import StudyContext
 from mergelab.studies.registry import STUDIES
 from mergelab.studies.validate import check_study
+
+# What a study writes into OUT besides runs/ and cache/ (named by content hashes).
+WRITES = (
+    "results.csv",
+    "outcomes.npz",
+    "claims.md",
+    "report.html",
+    "figures/*.png",
+    "arrays/*.npz",
+)
 
 
 def run_study(
@@ -36,10 +45,11 @@ def run_study(
     ``sanity_failures`` the keys of the sanity checks that failed (empty when all held).
 
     The config is checked first (:func:`mergelab.studies.validate.check_study`: fields,
-    arch names, models, dataset and checkpoint paths), then ``out`` (not a file, writable):
-    a problem raises one ``ConfigError`` / ``MergelabError`` line before any folder is
-    created or anything trained. A run that fails later removes ``out`` again if it
-    created it and no file was written into it.
+    arch names, models, dataset and checkpoint paths), then ``out`` (not a file, writable,
+    and, unless a mergelab command made or marked it, holding no file of the names a study
+    writes that mergelab did not write): a problem raises one ``ConfigError`` /
+    ``MergelabError`` line before any folder is created or anything trained. A run that
+    fails later removes ``out`` again if it created it and no file was written into it.
     """
     if isinstance(config, StudyConfig):
         text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
@@ -47,14 +57,10 @@ def run_study(
         config, text = load_config(config)
     out = Path(out)
     check_study(config)
-    created = not out.exists()
-    output_folder(out)
-    try:
+    output_folder(out, writes=WRITES)
+    with removed_if_left_empty(out):
+        claim_output_folder(out, "study")
         return _run(config, text, out, progress=progress, workers=workers)
-    except BaseException:
-        if created and out.is_dir() and all(p.is_dir() for p in out.rglob("*")):
-            shutil.rmtree(out, ignore_errors=True)  # made here, and still holds no file
-        raise
 
 
 def _run(
