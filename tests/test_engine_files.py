@@ -185,3 +185,22 @@ def test_recipe_rejects_schedules_and_unknown_keys(tmp_path):
         MergeError, match=r"r\.yaml: slices: unknown key \(allowed: merge_method, models"
     ):
         Recipe.from_yaml(bad)
+
+
+def test_recipe_with_a_key_given_twice_is_refused(setup, tmp_path, capsys):
+    """YAML alone keeps the last ``merge_method`` (linear): a silent change of method."""
+    from mergelab.cli import main
+
+    _, _, _, paths = setup
+    recipe = tmp_path / "dup.yaml"
+    recipe.write_text(
+        f"merge_method: ties\nmerge_method: linear\nmodels: {[str(p) for p in paths]}\n"
+    )
+    out = tmp_path / "out.safetensors"
+    assert main(["merge", str(recipe), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"mergelab: error: {recipe}: merge_method: given twice, on lines 1 and 2 (allowed: each "
+        "key once; YAML would silently keep the last)"
+    ]
+    assert not out.exists()

@@ -88,6 +88,8 @@ def describe(err: Any, model: type[BaseModel] | None = None, known: Sequence[str
         return f"{_shown(value)} is {what} (allowed: {bound.format(**bounds)})"
     if kind == "literal_error":
         return f"{_shown(value)} is not a choice (allowed: {ctx.get('expected')})"
+    if kind == "int_parsing_size":  # 1e23: pydantic's message names no size
+        return f"{_shown(value)} is too large for an integer"
     if kind == "finite_number":
         return f"{_shown(value)} is not a finite number (allowed: finite numbers)"
     base = kind.removesuffix("_parsing").removesuffix("_type").removesuffix("_from_float")
@@ -115,17 +117,65 @@ def validation_problems(exc: ValidationError, model: type[BaseModel]) -> list[st
     return out
 
 
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, where: str, first: int, second: int) -> None:
+        super().__init__(
+            f"{where}: given twice, on lines {first} and {second} (allowed: each key once; "
+            "YAML would silently keep the last)"
+        )
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a key given twice in one mapping (plain YAML keeps the
+    last one silently: ``merge_method: ties`` then ``merge_method: linear`` merges with
+    linear). Keys brought in by a ``<<:`` merge may be overridden, as YAML intends."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        self._check_keys(node, (), set())
+        return super().construct_document(node)
+
+    def _check_keys(self, node: yaml.Node, where: tuple[str | int, ...], seen: set[int]) -> None:
+        if id(node) in seen:  # an alias of a node already checked (or a recursive one)
+            return
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            for i, child in enumerate(node.value):
+                self._check_keys(child, (*where, i), seen)
+        if not isinstance(node, yaml.MappingNode):
+            return
+        lines: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                self._check_keys(value_node, where, seen)
+                continue
+            if isinstance(key_node, yaml.ScalarNode):
+                plain = key_node.tag == "tag:yaml.org,2002:value"  # "=": a str once flattened
+                key = key_node.value if plain else self.construct_object(key_node)
+                line = key_node.start_mark.line + 1
+                if key in lines:
+                    raise _DuplicateKey(key_path(*where, key_node.value), lines[key], line)
+                lines[key] = line
+            self._check_keys(value_node, (*where, str(key_node.value)), seen)
+
+
 def read_mapping(
     path: str | Path, what: str, error: type[MergelabError] = MergeError
 ) -> dict[str, Any]:
-    """The YAML mapping in ``path``; ``what`` names the kind of file in errors."""
+    """The YAML mapping in ``path``; ``what`` names the kind of file in errors. A key given
+    twice in one mapping is an error (naming both lines), not "the last one wins"."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        loader = _UniqueKeyLoader(path.read_text())
+        try:
+            data = loader.get_single_data()
+        finally:
+            loader.dispose()
     except OSError as exc:
         raise error(f"{path}: cannot read {what} ({exc.strerror})") from None
     except UnicodeDecodeError:
         raise error(f"{path}: not a text file; a {what} is YAML") from None
+    except _DuplicateKey as exc:
+        raise error(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise error(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
     if not isinstance(data, dict):

@@ -16,6 +16,15 @@ from mergelab.studies.config import StudyConfig, preset_path
 
 ARCHS = f"{', '.join(BUILTINS)}, tv:<torchvision name>, timm:<timm name>"
 STUDY_KEYS = ", ".join(StudyConfig.model_fields)
+DATASETS = (
+    "mnist5k, digits, cifar10, cifar100, medmnist, pathmnist, chestmnist, dermamnist, "
+    "octmnist, pneumoniamnist, retinamnist, breastmnist, bloodmnist, tissuemnist, "
+    "organamnist, organcmnist, organsmnist, imagefolder, tinyimagenet, celeba, chestxray14"
+)
+NAME_RULE = (
+    "is no plain folder name; it names the output folder mergelab-study-NAME (allowed: 1 to "
+    "100 letters, digits, '_', '-' and '.', starting with a letter or digit, no '..')"
+)
 
 
 @pytest.fixture(autouse=True)
@@ -42,6 +51,13 @@ NAN, INF = float("nan"), float("inf")
 
 # edits of the tiny preset -> the error line after "<file>: "
 CASES: dict[str, tuple[dict[str, Any], str]] = {
+    # a name that would be a path: mergelab-study-../../escaped writes outside the folder
+    "name climbing out": ({"name": "../../escaped"}, f"name: '../../escaped' {NAME_RULE}"),
+    "name with a slash": ({"name": "a/b"}, f"name: 'a/b' {NAME_RULE}"),
+    "hidden name": ({"name": ".x"}, f"name: '.x' {NAME_RULE}"),
+    "name with dots inside": ({"name": "a..b"}, f"name: 'a..b' {NAME_RULE}"),
+    "empty name": ({"name": ""}, f"name: '' {NAME_RULE}"),
+    "name with a newline": ({"name": "a\nb"}, f"name: 'a\\nb' {NAME_RULE}"),
     # wrong types
     "section not a mapping": (
         {"training": [1, 2]},
@@ -72,11 +88,41 @@ CASES: dict[str, tuple[dict[str, Any], str]] = {
     ),
     "negative pretrain steps": (
         {"training/pretrain/steps": -5},
-        "training.pretrain.steps: -5 is too small (allowed: >= 0)",
+        "training.pretrain.steps: -5 is too small (allowed: >= 1)",
+    ),
+    "zero fine-tune steps": (
+        {"training/train": {"steps": 0}},
+        "training.train.steps: 0 is too small (allowed: >= 1)",
+    ),
+    "zero pretrain epochs": (
+        {"training/pretrain": {"epochs": 0}},
+        "training.pretrain.epochs: 0 is too small (allowed: > 0)",
+    ),
+    "warm-up as long as the run": (
+        {"independent/train": {"steps": 60, "warmup_steps": 60}},
+        "independent.train.warmup_steps: 60 is not shorter than the run (steps: 60); the lr "
+        "would never leave the warm-up (allowed: 0 to 59)",
+    ),
+    "replicate seed past the recipe seeds": (
+        {"seeds": [0, 4294968]},
+        "seeds: 4294968 too large (allowed: 0 to 4294967; replicate s trains with seeds from "
+        "s*1000, at most 4294967295)",
+    ),
+    "split seed past 32 bits": (
+        {"split_seed": 2**32},
+        "split_seed: 4294967296 is too large (allowed: <= 4294967295)",
+    ),
+    "split seed of 1e23": (
+        {"split_seed": 1e23},
+        "split_seed: 1e+23 is too large for an integer",
+    ),
+    "more models than a recipe trains": (
+        {"n_models": 1000},
+        "n_models: 1000 is too large (allowed: <= 999)",
     ),
     "negative epochs": (
         {"arch_training": {"resnet8": {"train": {"epochs": -1, "steps": None}}}},
-        "arch_training.resnet8.train.epochs: -1 is too small (allowed: >= 0)",
+        "arch_training.resnet8.train.epochs: -1 is too small (allowed: > 0)",
     ),
     "negative factor": (
         {"magnitude/factors": [1, -5, 100]},
@@ -91,6 +137,14 @@ CASES: dict[str, tuple[dict[str, Any], str]] = {
         "magnitude.batch_size: 1 is too small (allowed: >= 2)",
     ),
     "image side 0": ({"training/img_size": 0}, "training.img_size: 0 is too small (allowed: >= 1)"),
+    "image side 100000": (
+        {"training/img_size": 100000},
+        "training.img_size: 100000 is too large (allowed: <= 4096)",
+    ),
+    "cross-task image side 100000": (
+        {"cross_task/img_size": 100000},
+        "cross_task.img_size: 100000 is too large (allowed: <= 4096)",
+    ),
     # not finite
     "nan lr": (
         {"training/train/lr": NAN},
@@ -136,16 +190,23 @@ CASES: dict[str, tuple[dict[str, Any], str]] = {
         {"cross_task/channels": 2},
         "cross_task.channels: 2 is not a choice (allowed: 1 or 3)",
     ),
+    # the root cause first: an unknown arch, not the kernels_arch that names an arch it
+    # dropped; an unknown dataset, not the override of the dataset it replaced
+    "only arch unknown": (
+        {"archs": ["nonsense"]},
+        f"archs[0]: unknown architecture 'nonsense' (allowed: {ARCHS}) (and 1 more problem)",
+    ),
+    "only dataset unknown": (
+        {"datasets": ["nodata"], "cross_task/pairs": [], "dataset_training": {"digits": {}}},
+        "datasets[0]: unknown dataset 'nodata' (allowed: " + DATASETS + ") (and 1 more problem)",
+    ),
     "unknown arch": (
         {"archs": ["linear", "resnet8", "resnet9"]},
         f"archs[2]: unknown architecture 'resnet9'; did you mean resnet8? (allowed: {ARCHS})",
     ),
     "unknown dataset": (
         {"datasets": ["digits", "mnist"]},
-        "datasets[1]: unknown dataset 'mnist'; did you mean mnist5k? (allowed: "
-        "mnist5k, digits, cifar10, cifar100, medmnist, pathmnist, chestmnist, dermamnist, "
-        "octmnist, pneumoniamnist, retinamnist, breastmnist, bloodmnist, tissuemnist, "
-        "organamnist, organcmnist, organsmnist, imagefolder, tinyimagenet, celeba, chestxray14)",
+        f"datasets[1]: unknown dataset 'mnist'; did you mean mnist5k? (allowed: {DATASETS})",
     ),
     "class subset outside the dataset": (
         {"datasets": ["digits[0-20]"]},
@@ -209,3 +270,61 @@ def test_file_that_is_no_config(tmp_path, capsys):
         "file, or a preset: quick, paper, tiny)"
     ]
     assert not out.exists()
+
+
+def test_key_given_twice_is_refused_naming_both_lines(tmp_path, capsys):
+    path = tmp_path / "study.yaml"
+    text = preset_path("tiny").read_text()
+    path.write_text(text.replace("n_models: 3\n", "n_models: 3\nsplit_seed: 1\n"))
+    out = tmp_path / "o"
+    assert main(["study", str(path), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"mergelab: error: {path}: split_seed: given twice, on lines 4 and 9 (allowed: each "
+        "key once; YAML would silently keep the last)"
+    ]
+    assert not out.exists()
+
+
+def test_study_name_is_no_path(tmp_path, capsys, monkeypatch):
+    """Without --out the name makes the folder: nothing may appear, here or above."""
+    work = tmp_path / "a" / "b"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    path = work / "study.yaml"
+    path.write_text(yaml.safe_dump(_tiny({"name": "../../escaped"}), sort_keys=False))
+    assert main(["study", str(path), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"mergelab: error: {path}: name: '../../escaped' {NAME_RULE}"]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "b", "study.yaml"]
+
+
+def test_init_checkpoint_with_nan_is_refused(tmp_path, capsys):
+    import torch
+
+    from mergelab.io import save_state_dict
+
+    ckpt = tmp_path / "start.safetensors"
+    save_state_dict({"w": torch.tensor([0.0, float("nan")]), "b": torch.zeros(2)}, ckpt)
+    data = _tiny({"training/init": str(ckpt), "training/source": None, "training/pretrain": _DROP})
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    out = tmp_path / "o"
+    assert main(["study", str(path), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"mergelab: error: {path}: training.init: {ckpt}: tensor 'w' has 1 NaN or infinite "
+        "value (allowed: finite values; a start with them trains to a NaN loss)"
+    ]
+    assert not out.exists()
+
+
+def test_limits_match_the_training_side():
+    """The study's copies of the training limits (studies.config does not import torch)."""
+    from mergelab.studies import config
+    from mergelab.studies.context import SEED_STRIDE
+    from mergelab.train import config as train_config
+    from mergelab.train import recipe
+
+    assert (config.MAX_SEED, config.MAX_SIDE) == (train_config.MAX_SEED, train_config.MAX_SIDE)
+    assert config.MAX_MODELS == recipe.MAX_MODELS < SEED_STRIDE  # a replicate's seeds apart

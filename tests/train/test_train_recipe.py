@@ -29,9 +29,18 @@ SMALL = {
 }
 
 
+# One step too small to move a weight (the smallest run a recipe allows): each ingredient
+# keeps the weights it starts from, up to ~1e-30.
+STILL = {"steps": 1, "lr": 1e-30}
+
+
 def flat(path) -> torch.Tensor:
     sd = load_state_dict(path)
     return torch.cat([v.flatten().double() for v in sd.values() if v.is_floating_point()])
+
+
+def same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return torch.allclose(a, b, rtol=0, atol=1e-20)
 
 
 def recipe(**kw) -> IngredientRecipe:
@@ -92,19 +101,17 @@ def test_shared_ingredients_start_from_the_pretrained_weights(tmp_path):
     assert all(d > 0 for d in shared_dist)  # the fine-tunes did train
     assert max(shared_dist) < 0.2 * min(indep_dist)
     assert len({p.name for p in shared + indep}) == 6
-    # zero fine-tuning steps: every ingredient *is* the shared start
-    frozen = make_ingredients(
-        recipe(train={"steps": 0}, head="keep"), cache_dir=tmp_path, progress=False
-    )
-    assert all(torch.equal(flat(p), theta0) for p in frozen)
+    # fine-tunes that do not move: every ingredient is the shared start
+    frozen = make_ingredients(recipe(train=STILL, head="keep"), cache_dir=tmp_path, progress=False)
+    assert all(same(flat(p), theta0) for p in frozen)
     assert all(read_train_config(p).init == start.stem for p in frozen)
 
 
 def test_fresh_heads_differ_per_run_over_one_shared_body(tmp_path):
-    r = recipe(train={"steps": 0})  # head: fresh is the default
+    r = recipe(train=STILL)  # head: fresh is the default
     paths = make_ingredients(r, cache_dir=tmp_path, progress=False)
     start = start_checkpoint(r, tmp_path)
-    assert all(torch.equal(body(p), body(start)) for p in paths)
+    assert all(same(body(p), body(start)) for p in paths)
     heads = [head(p) for p in [start, *paths]]
     assert all(
         not torch.equal(a, b) for i, a in enumerate(heads) for b in heads[i + 1 :]
@@ -114,12 +121,12 @@ def test_fresh_heads_differ_per_run_over_one_shared_body(tmp_path):
 
 
 def test_shared_without_pretrain_shares_one_seeded_init(tmp_path):
-    r = recipe(pretrain=None, train={"steps": 0}, head="keep")
+    r = recipe(pretrain=None, train=STILL, head="keep")
     paths = make_ingredients(r, cache_dir=tmp_path, progress=False)
     start = start_checkpoint(r, tmp_path)
-    assert all(torch.equal(flat(p), flat(start)) for p in paths)
+    assert all(same(flat(p), flat(start)) for p in paths)
     indep = make_ingredients(
-        recipe(mode="independent", pretrain=None, train={"steps": 0}),
+        recipe(mode="independent", pretrain=None, train=STILL),
         cache_dir=tmp_path,
         progress=False,
     )
@@ -221,7 +228,7 @@ def test_init_checkpoint_is_the_shared_start(tmp_path):
     foreign = build_model("mlp", 5, in_chans=1, img_size=8, hidden=[32])  # 5 classes
     ckpt = tmp_path / "pretrained.safetensors"
     save_state_dict(foreign.state_dict(), ckpt)
-    r = recipe(init=str(ckpt), pretrain=None, train={"steps": 0}, n_models=2)
+    r = recipe(init=str(ckpt), pretrain=None, train=STILL, n_models=2)
     assert r.start_config() is None
     assert [c.init for c in r.all_configs()] == [str(ckpt), str(ckpt)]
     paths = make_ingredients(r, cache_dir=tmp_path / "cache", progress=False)
@@ -229,7 +236,7 @@ def test_init_checkpoint_is_the_shared_start(tmp_path):
     theta = load_state_dict(ckpt)
     for p in paths:
         sd = load_state_dict(p)
-        assert torch.equal(sd["layers.0.weight"], theta["layers.0.weight"])
+        assert same(sd["layers.0.weight"], theta["layers.0.weight"])
         assert sd["head.weight"].shape == (10, 32)  # a fresh 10-class head
     # the hash follows the file's content, not its path
     ckpt.write_bytes(ckpt.read_bytes())
@@ -238,7 +245,7 @@ def test_init_checkpoint_is_the_shared_start(tmp_path):
     ]
     with pytest.raises(TrainingError, match="shape mismatches"):
         make_ingredients(
-            recipe(init=str(ckpt), pretrain=None, head="keep", train={"steps": 0}),
+            recipe(init=str(ckpt), pretrain=None, head="keep", train=STILL),
             cache_dir=tmp_path / "cache",
             progress=False,
         )
@@ -299,7 +306,8 @@ def test_cli_writes_ingredients_into_out(tmp_path, capsys):
     args = parser.parse_args([*argv, "--no-progress"])
     assert args.run(args) == 0
     assert len(list(cache.glob("*.safetensors"))) == 4
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    leftovers = [p for p in out.iterdir() if p.name.startswith(".")]
+    assert leftovers in ([], [out / ".mergelab-output"])  # no temp file; the folder's mark
     bad = parser.parse_args(["train", str(tmp_path / "missing.yaml"), "--out", str(out)])
     with pytest.raises(MergelabError, match="cannot read"):
         bad.run(bad)
@@ -320,7 +328,26 @@ BAD_RECIPES = {
     "checkpoint file",
     "train: {batch_size: 0}\n": "train.batch_size: 0 is too small (allowed: >= 1)",
     "train: {lr: .nan}\n": "train.lr: nan is not a finite number (allowed: finite numbers)",
-    "train: {epochs: -1}\n": "train.epochs: -1 is too small (allowed: >= 0)",
+    "train: {epochs: -1}\n": "train.epochs: -1 is too small (allowed: > 0)",
+    "train: {epochs: 0}\n": "train.epochs: 0 is too small (allowed: > 0)",
+    "train: {steps: 0}\n": "train.steps: 0 is too small (allowed: >= 1)",
+    "train: {steps: 2, warmup_steps: 1000}\n": "train.warmup_steps: 1000 is not shorter than "
+    "the run (steps: 2); the lr would never leave the warm-up (allowed: 0 to 1)",
+    "pretrain: {steps: 5, warmup_steps: 5}\n": "pretrain.warmup_steps: 5 is not shorter than "
+    "the run (steps: 5); the lr would never leave the warm-up (allowed: 0 to 4)",
+    "seed: 100000000000000000000000\n": "seed: 100000000000000000000000 is too large "
+    "(allowed: <= 4294967295)",
+    "seed: 1.0e+23\n": "seed: 1e+23 is too large for an integer",
+    "seed: -5\n": "seed: -5 is too small (allowed: >= 0)",
+    "split_seed: 4294967296\n": "split_seed: 4294967296 is too large (allowed: <= 4294967295)",
+    "n_models: 1000000000\n": "n_models: 1000000000 is too large (allowed: <= 999)",
+    "img_size: 100000\n": "img_size: 100000 is too large (allowed: <= 4096)",
+    "train: {augment_padding: 100000}\n": "train.augment_padding: 100000 is too large "
+    "(allowed: <= 4096)",
+    "train: {steps: 3}\ntrain: {steps: 4}\n": "train: given twice, on lines 3 and 4 "
+    "(allowed: each key once; YAML would silently keep the last)",
+    "train: {steps: 3, lr: 0.1, steps: 4}\n": "train.steps: given twice, on lines 3 and 3 "
+    "(allowed: each key once; YAML would silently keep the last)",
     "pretrain: {lr: -0.1}\n": "pretrain.lr: -0.1 is too small (allowed: > 0)",
     "n_models: 0\n": "n_models: 0 is too small (allowed: >= 1)",
     "mode: both\n": "mode: 'both' is not a choice (allowed: 'shared' or 'independent')",
@@ -332,6 +359,9 @@ BAD_RECIPES = {
     "1x8x8 input, 10 classes)",
     "arch: tv:vit_b_16\n": "arch: tv:vit_b_16 cannot be built for digits: ",
 }
+
+
+BASE = {"dataset": "digits", "arch": "mlp"}  # in every bad recipe, unless it sets the key
 
 
 @pytest.mark.parametrize("text", list(BAD_RECIPES))
@@ -346,10 +376,50 @@ def test_train_refuses_a_bad_recipe_in_one_line_before_any_work(
 
     monkeypatch.setattr(pool, "train_runs", no_training)
     path = tmp_path / "recipe.yaml"
-    path.write_text("dataset: digits\narch: mlp\n" + text)  # later keys win
+    base = "".join(f"{k}: {v}\n" for k, v in BASE.items() if not text.startswith(f"{k}:"))
+    path.write_text(base + text)
     out = tmp_path / "out"
     assert main(["train", str(path), "--out", str(out), "--cache-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     expected = f"mergelab: error: {path}: {BAD_RECIPES[text]}"
     assert len(err) == 1 and err[0].startswith(expected), err
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["recipe.yaml"]
+
+
+@pytest.mark.parametrize(
+    ("values", "problem"),
+    [
+        ([float("nan"), 1.0], "tensor 'layers.0.weight' has 1 NaN or infinite value "),
+        ([float("inf"), -float("inf")], "tensor 'layers.0.weight' has 2 NaN or infinite values "),
+    ],
+)
+def test_init_checkpoint_with_nan_is_refused_before_training(
+    values, problem, tmp_path, capsys, monkeypatch
+):
+    from mergelab.cli import main
+    from mergelab.io import save_state_dict
+    from mergelab.models import build_model
+    from mergelab.train import pool
+
+    monkeypatch.setattr(pool, "train_runs", lambda *a, **k: pytest.fail("trained"))
+    state = build_model("mlp", 10, in_chans=1, img_size=8, hidden=[32]).state_dict()
+    state["layers.0.weight"].view(-1)[: len(values)] = torch.tensor(values)
+    ckpt = tmp_path / "start.safetensors"
+    save_state_dict(state, ckpt)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(
+        f"dataset: digits\narch: mlp\nmodel_kwargs: {{hidden: [32]}}\ninit: {ckpt}\n"
+        "train: {steps: 5}\n"
+    )
+    out = tmp_path / "out"
+    assert main(["train", str(path), "--out", str(out), "--cache-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"mergelab: error: {path}: init: {ckpt}: {problem}(allowed: finite values; a start "
+        "with them trains to a NaN loss)"
+    ]
+    assert not out.exists()
+    ckpt.write_text("not a checkpoint")  # garbage: one line naming the file, not a traceback
+    assert main(["train", str(path), "--out", str(out), "--cache-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"mergelab: error: {path}: init: {ckpt}: "), err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
@@ -15,6 +16,13 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from mergelab.errors import ConfigError
 from mergelab.yamlfile import read_mapping, validate
 
+# mergelab.train.config.MAX_SEED and MAX_SIDE, mergelab.train.recipe.MAX_MODELS (not
+# imported here: mergelab.train imports torch).
+MAX_SEED = 2**32 - 1
+MAX_SIDE = 4096
+MAX_MODELS = 999
+# A study's name is the default output folder, mergelab-study-NAME: one plain folder name.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 PAPER_FACTORS = (1, 2, 5, 10, 20, 50, 70, 90, 100, 110, 130, 150)
 BN_MODES = ("running", "running_c2", "batch")
 MODEL_COUNTS = (2, 3, 5, 7, 10)
@@ -125,7 +133,7 @@ class CrossTaskSpec(_Strict):
     pairs: list[tuple[str, str]] = []
     arch: str = "mlp"
     channels: Literal[1, 3] = 1
-    img_size: int = Field(28, ge=1)
+    img_size: int = Field(28, ge=1, le=MAX_SIDE)
 
     def _problems(self) -> list[Problem]:
         out: list[Problem] = [
@@ -201,11 +209,12 @@ class StudyConfig(_Strict):
     """
 
     name: str = "study"
-    split_seed: int = Field(0, ge=0)
+    """Names the default output folder (``mergelab-study-NAME``)."""
+    split_seed: int = Field(0, ge=0, le=MAX_SEED)
     seeds: list[int] = [0]
     datasets: list[str]
     archs: list[str]
-    n_models: int = 10
+    n_models: int = Field(10, le=MAX_MODELS)
     """Ingredients per setting (the most any soup averages)."""
     model_counts: list[int] = list(MODEL_COUNTS)
     """Model counts N of the weights-vs-features comparison (the first N ingredients),
@@ -259,6 +268,15 @@ class StudyConfig(_Strict):
 
     def _problems(self) -> list[Problem]:
         out: list[Problem] = []
+        if not _NAME.fullmatch(self.name) or ".." in self.name:
+            out.append(
+                (
+                    ("name",),
+                    f"{self.name!r} is no plain folder name; it names the output folder "
+                    "mergelab-study-NAME (allowed: 1 to 100 letters, digits, '_', '-' and "
+                    "'.', starting with a letter or digit, no '..')",
+                )
+            )
         for name in ("datasets", "archs", "seeds"):
             if not getattr(self, name):
                 out.append(((name,), f"empty; give at least one {name[:-1]}"))
@@ -271,20 +289,6 @@ class StudyConfig(_Strict):
         out += self._counts_problems(("model_counts",), self.model_counts)
         if self.magnitude.enabled:
             out += self._counts_problems(("magnitude", "n_models"), self.magnitude.n_models)
-        out += self._unused_overrides()
-        spec = self.templates
-        kernels = spec.kernels_arch
-        # The default kernels_arch (cnn) is skipped quietly when not trained; a chosen one
-        # that is not trained would be skipped as quietly, so that is an error.
-        chosen = spec.enabled and "kernels_arch" in spec.model_fields_set
-        if chosen and self.archs and kernels is not None and kernels not in self.archs:
-            out.append(
-                (
-                    ("templates", "kernels_arch"),
-                    f"{kernels} is not in archs ({_values(self.archs)}); its kernels are "
-                    "drawn from the ingredients trained there (null: none)",
-                )
-            )
         return out
 
     def _counts_problems(self, loc: tuple[str, ...], counts: list[int]) -> list[Problem]:
@@ -300,39 +304,6 @@ class StudyConfig(_Strict):
                 f"least 2 of the {self.n_models} ingredients",
             )
         ]
-
-    def _unused_overrides(self) -> list[Problem]:
-        """``dataset_training`` / ``arch_training`` keys that name no dataset / arch of the
-        study: overrides that would silently apply to nothing (a typo, or a path edited in
-        ``datasets`` but not here)."""
-        datasets = set(self.datasets) | set(self.independent.datasets or [])
-        datasets |= {d for pair in self.cross_task.pairs for d in pair}
-        datasets |= {d for d, _ in self.magnitude.targets}
-        archs = set(self.archs) | set(self.independent.archs) | {self.cross_task.arch}
-        archs |= {self.templates.arch, self.templates.kernels_arch}
-        archs |= {a for _, a in self.magnitude.targets}
-        out: list[Problem] = []
-        for key in self.dataset_training:
-            if key not in datasets:
-                out.append(
-                    (
-                        ("dataset_training", key),
-                        "no dataset of the study is spelled so (keys must match a spec of "
-                        "datasets, independent.datasets, cross_task.pairs or "
-                        "magnitude.targets exactly); these overrides would apply to nothing",
-                    )
-                )
-        for key in self.arch_training:
-            if key not in archs:
-                out.append(
-                    (
-                        ("arch_training", key),
-                        "no arch of the study is spelled so (keys must match archs, "
-                        "independent.archs, templates, cross_task.arch or magnitude.targets "
-                        "exactly); these overrides would apply to nothing",
-                    )
-                )
-        return out
 
     def counts(self) -> list[int]:
         """Model counts of the weights-vs-features comparison (each in [2, n_models])."""

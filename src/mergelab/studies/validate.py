@@ -16,7 +16,11 @@ for the built-in models (a few seconds when torchvision or timm names are resolv
   ``in_chans`` and ``img_size``; ``templates.arch`` is a linear classifier on raw pixels;
 * every dataset spec names a known dataset, and its files are there (no on-disk data is
   read; the small built-in datasets are);
-* every ``init`` checkpoint file is there;
+* the names that refer to others (``dataset_training`` and ``arch_training`` keys,
+  ``templates.kernels_arch``) name a dataset or arch of the study: checked after the
+  archs and datasets themselves, so an unknown arch is reported as such, not as a
+  reference to it;
+* every ``init`` checkpoint file is there, and is a checkpoint with finite values;
 * a ``device: cuda`` config is on a machine with a CUDA device.
 
 Each error names the config file, then the key: ``study.yaml: magnitude.factors: ...``.
@@ -39,9 +43,10 @@ from pydantic import BaseModel, ValidationError
 
 from mergelab.errors import ConfigError, MergelabError
 from mergelab.studies.config import StudyConfig
-from mergelab.studies.context import StudyContext
+from mergelab.studies.context import SEED_STRIDE, StudyContext
 from mergelab.train import IngredientRecipe
-from mergelab.train.recipe import arch_problem, dataset_problem
+from mergelab.train.config import MAX_SEED
+from mergelab.train.recipe import arch_problem, dataset_problem, init_problem
 from mergelab.yamlfile import describe, one_line
 from mergelab.yamlfile import key_path as _field
 
@@ -144,8 +149,10 @@ def inspect_study(config: StudyConfig, *, device: bool = True) -> StudyCheck:
         for err in exc.errors():
             where = _field(*err["loc"]) or "study config"
             checker.error(where, _pydantic_message(err, StudyConfig))
+    checker.seeds()
     checker.archs()
     checker.datasets()
+    checker.references()
     checker.recipes()
     checker.templates()
     if device:
@@ -169,6 +176,8 @@ class _Checker:
         self.errors: list[str] = []
         self.missing: dict[str, MissingPath] = {}
         self._arch_problems: dict[str, str | None] = {}
+        self._inits: dict[str, str | None] = {}
+        self.seeds_too_large = False
         self.dataset_fields: dict[str, str] = {}
 
     def error(self, where: str, message: str) -> None:
@@ -178,6 +187,20 @@ class _Checker:
 
     def lost(self, path: str, where: str, kind: str) -> None:
         self.missing.setdefault(path, MissingPath(path, where, kind))
+
+    # -- seeds ---------------------------------------------------------------------------
+
+    def seeds(self) -> None:
+        """Replicate ``s`` trains with recipe seeds from ``s * SEED_STRIDE``: a recipe seed."""
+        top = MAX_SEED // SEED_STRIDE
+        big = [s for s in self.config.seeds if s > top]
+        self.seeds_too_large = bool(big)
+        if big:
+            self.error(
+                "seeds",
+                f"{', '.join(map(str, big))} too large (allowed: 0 to {top}; replicate s "
+                f"trains with seeds from s*{SEED_STRIDE}, at most {MAX_SEED})",
+            )
 
     # -- archs ---------------------------------------------------------------------------
 
@@ -230,6 +253,46 @@ class _Checker:
         elif missing is not None:
             self.lost(missing, where, "dataset")
 
+    # -- references ----------------------------------------------------------------------
+
+    def references(self) -> None:
+        """Keys that refer to a dataset or arch name one of the study: ``dataset_training``
+        / ``arch_training`` overrides that would silently apply to nothing (a typo, or a path
+        edited in ``datasets`` but not here), a chosen ``templates.kernels_arch`` that is not
+        trained (the default one is skipped quietly)."""
+        cfg = self.config
+        datasets = set(cfg.datasets) | set(cfg.independent.datasets or [])
+        datasets |= {d for pair in cfg.cross_task.pairs for d in pair}
+        datasets |= {d for d, _ in cfg.magnitude.targets}
+        archs = set(cfg.archs) | set(cfg.independent.archs) | {cfg.cross_task.arch}
+        archs |= {cfg.templates.arch, cfg.templates.kernels_arch}
+        archs |= {a for _, a in cfg.magnitude.targets}
+        for key in cfg.dataset_training:
+            if key not in datasets:
+                self.error(
+                    _field("dataset_training", key),
+                    "no dataset of the study is spelled so (keys must match a spec of "
+                    "datasets, independent.datasets, cross_task.pairs or magnitude.targets "
+                    "exactly); these overrides would apply to nothing",
+                )
+        for key in cfg.arch_training:
+            if key not in archs:
+                self.error(
+                    _field("arch_training", key),
+                    "no arch of the study is spelled so (keys must match archs, "
+                    "independent.archs, templates, cross_task.arch or magnitude.targets "
+                    "exactly); these overrides would apply to nothing",
+                )
+        spec = cfg.templates
+        kernels = spec.kernels_arch
+        chosen = spec.enabled and "kernels_arch" in spec.model_fields_set
+        if chosen and cfg.archs and kernels is not None and kernels not in cfg.archs:
+            self.error(
+                "templates.kernels_arch",
+                f"{kernels} is not in archs ({', '.join(cfg.archs)}); its kernels are drawn "
+                "from the ingredients trained there (null: none)",
+            )
+
     # -- recipes -------------------------------------------------------------------------
 
     def sections(self) -> list[tuple[str, dict[str, Any]]]:
@@ -251,8 +314,8 @@ class _Checker:
                         f"{name}.{key}",
                         f"set by the study ({_SET_BY_STUDY[key]}), not a training field",
                     )
-        if reserved:
-            return  # the recipes cannot be built (the field is given twice)
+        if reserved or self.seeds_too_large:
+            return  # the recipes cannot be built (a field given twice, or a seed refused)
         ctx = _RecipeContext(self.config, Path(os.devnull) / "never-created", checker=self)
         for study in STUDIES.values():
             before = len(self.errors)
@@ -298,6 +361,10 @@ class _Checker:
             self.error(where, f"{init} is a folder; init is a checkpoint file")
         elif not path.is_file():
             self.lost(init, where, "checkpoint")
+        elif init not in self._inits:  # read once, however many recipes start from it
+            self._inits[init] = init_problem(init)
+            if self._inits[init] is not None:
+                self.error(where, self._inits[init])
 
     def origin(
         self, arch: str, dataset: str, mode: str, loc: Sequence[str | int]

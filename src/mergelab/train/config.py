@@ -13,11 +13,13 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from mergelab.hashing import file_sha256
 
 __all__ = [
+    "MAX_SEED",
+    "MAX_SIDE",
     "TRAINER_VERSION",
     "TrainConfig",
     "TrainSettings",
@@ -29,6 +31,13 @@ __all__ = [
 TRAINER_VERSION = 2
 
 _HASH = re.compile(r"[0-9a-f]{64}")
+
+MAX_SEED = 2**32 - 1
+"""The largest seed a user gives (recipe ``seed``/``split_seed``): the usual 32-bit range,
+far inside what torch and NumPy take once the trainer's per-run offsets are added."""
+MAX_SIDE = 4096
+"""The largest image side (``img_size``) and crop padding: beyond it one image alone takes
+gigabytes, and a typo (``img_size: 100000``) fails inside torch instead of here."""
 
 
 def is_config_hash(text: str) -> bool:
@@ -51,11 +60,12 @@ class TrainSettings(BaseModel):
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = False
     weight_decay: float = Field(5e-4, ge=0)
-    epochs: float | None = Field(None, ge=0)
-    steps: int | None = Field(None, ge=0)
+    epochs: float | None = Field(None, gt=0)
+    steps: int | None = Field(None, ge=1)
     batch_size: int = Field(64, ge=1)
     schedule: Literal["constant", "cosine", "step"] = "cosine"
     warmup_steps: int = Field(0, ge=0)
+    """Steps of linear lr warm-up; shorter than the run (``steps``) when that is given."""
     step_milestones: tuple[float, ...] = (0.5, 0.75)
     """``schedule: step``: fractions of the run after which the lr is multiplied by gamma."""
     step_gamma: float = Field(0.1, gt=0, le=1)
@@ -63,7 +73,7 @@ class TrainSettings(BaseModel):
     """Random crop (zero padding) + optional flip; only applied to images >= 16 px."""
     augment_flip: bool = True
     """Horizontal flips when augmenting; turn off for digits and text-like images."""
-    augment_padding: int | None = Field(None, ge=0)
+    augment_padding: int | None = Field(None, ge=0, le=MAX_SIDE)
     """Crop padding in pixels; None = side // 8 (4 px for 32, 3 for 28)."""
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     train_slice: tuple[float, float] = (0.0, 1.0)
@@ -98,6 +108,17 @@ class TrainSettings(BaseModel):
                 data = {**data, "epochs": 1.0}
         return data
 
+    @field_validator("warmup_steps")
+    @classmethod
+    def _warmup_inside_the_run(cls, warmup: int, info: ValidationInfo) -> int:
+        steps = info.data.get("steps")
+        if warmup and steps is not None and warmup >= steps:
+            raise ValueError(
+                f"{warmup} is not shorter than the run (steps: {steps}); the lr would never "
+                f"leave the warm-up (allowed: 0 to {steps - 1})"
+            )
+        return warmup
+
     @model_validator(mode="after")
     def _check_milestones(self) -> TrainSettings:
         if any(not 0 < m < 1 for m in self.step_milestones):
@@ -122,18 +143,22 @@ class TrainConfig(TrainSettings):
     ``init`` (a fresh init has a fresh head anyway).
     """
 
+    steps: int | None = Field(None, ge=0)
+    """0: a run that only saves its seeded init (a recipe's shared start without pretrain)."""
     dataset: str = "digits"
     split: str = "train"
-    split_seed: int = 0
+    split_seed: int = Field(0, ge=0, lt=2**63)
     """Seed of the dataset's train/val/test split (``load_dataset(seed=)``)."""
     arch: str = "mlp"
     model_kwargs: dict[str, Any] = {}
     in_chans: Literal[1, 3] | None = None
     """Model input channels; None = the dataset's."""
-    img_size: int | None = Field(None, ge=1)
+    img_size: int | None = Field(None, ge=1, le=MAX_SIDE)
     """Model input side; None = the dataset's."""
-    seed: int = 0
-    data_seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63)
+    data_seed: int = Field(0, ge=0, lt=2**63)
+    """Seeds go to torch (which takes < 2**64, so ``data_seed`` + an offset fits) and NumPy
+    (which takes no negative seed)."""
     init: str | None = None
     reset_head: bool = False
 

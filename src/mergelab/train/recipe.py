@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mergelab.errors import ConfigError
-from mergelab.train.config import TrainConfig, TrainSettings, is_config_hash
+from mergelab.train.config import MAX_SEED, MAX_SIDE, TrainConfig, TrainSettings, is_config_hash
 from mergelab.yamlfile import one_line, read_mapping, validate
 
 if TYPE_CHECKING:
@@ -52,6 +52,7 @@ __all__ = [
     "build_problem",
     "dataset_problem",
     "embedded_info",
+    "init_problem",
     "make_ingredients",
     "start_checkpoint",
 ]
@@ -59,6 +60,9 @@ __all__ = [
 # Offsets that keep init seeds and data-order seeds of all runs of a recipe apart.
 _RUN_SEED = 1
 _DATA_SEED = 10_000
+MAX_MODELS = 999
+"""Most runs of one recipe: seeds ``seed`` .. ``seed + n_models`` stay below the next
+study replicate's (``mergelab.studies.context.SEED_STRIDE`` apart)."""
 
 
 class IngredientRecipe(BaseModel):
@@ -67,14 +71,14 @@ class IngredientRecipe(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     dataset: str = "digits"
-    split_seed: int = Field(0, ge=0)
+    split_seed: int = Field(0, ge=0, le=MAX_SEED)
     arch: str = "mlp"
     model_kwargs: dict[str, Any] = {}
     in_chans: Literal[1, 3] | None = None
-    img_size: int | None = Field(None, ge=1)
-    n_models: int = Field(10, ge=1)
+    img_size: int | None = Field(None, ge=1, le=MAX_SIDE)
+    n_models: int = Field(10, ge=1, le=MAX_MODELS)
     mode: Literal["shared", "independent"] = "shared"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     source: str | None = None
     """shared mode: dataset spec the start is pre-trained on (None: ``dataset``). The start
     is built for the target's input: when ``source`` differs from ``dataset``, unset
@@ -150,6 +154,10 @@ class IngredientRecipe(BaseModel):
             if not init.is_file():
                 what = "is a folder" if init.is_dir() else "does not exist"
                 out.append(f"init: {self.init} {what}; init is a checkpoint file")
+            else:
+                problem = init_problem(self.init)
+                if problem is not None:
+                    out.append(f"init: {problem}")
         if not out:
             out += [f"{key}: {why}" for key, why in self.input_problems(self.split_seed)]
         return out
@@ -329,6 +337,31 @@ def start_checkpoint(
 def _suggest(name: str, known: Iterable[str]) -> str:
     close = difflib.get_close_matches(name, list(known), n=1)
     return f"; did you mean {close[0]}?" if close else ""
+
+
+def init_problem(init: str) -> str | None:
+    """Why the checkpoint file ``init`` cannot be a start (unreadable, or a tensor with NaN
+    or infinite values: its runs would train to a NaN loss), or None. Reads the whole file,
+    as training would."""
+    import torch
+
+    from mergelab.errors import MergelabError
+    from mergelab.models.weights import read_checkpoint
+
+    try:
+        state = read_checkpoint(Path(init).expanduser())
+    except (MergelabError, OSError) as exc:  # the message names the file (io's do)
+        return str(exc) if str(Path(init).expanduser()) in str(exc) else f"{init}: {exc}"
+    for name, tensor in state.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+            bad = int((~torch.isfinite(tensor.float())).sum())
+            if bad:
+                return (
+                    f"{init}: tensor {name!r} has {bad} NaN or infinite value"
+                    f"{'s' * (bad > 1)} (allowed: finite values; a start with them trains "
+                    "to a NaN loss)"
+                )
+    return None
 
 
 def arch_problem(arch: str) -> str | None:

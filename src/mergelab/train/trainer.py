@@ -514,7 +514,7 @@ def fit(
             if patience is not None and epoch - best[1] >= patience:
                 break
     bar.close()
-    final = float(torch.stack(list(tail)).mean()) if tail else float("nan")
+    final = float(torch.stack(list(tail)).mean()) if tail else None  # no step ran: no loss
     stats: dict[str, Any] = {
         "steps": float(steps_run),
         "epochs": steps_run / per_epoch,
