@@ -3,9 +3,10 @@
 Builds (once, cached in --work) a base and four fine-tunes (base + small noise) with the
 shapes of a Llama-style model: hidden 1024, 8 layers, intermediate 2816, vocabulary 32000,
 untied embeddings, ~168M parameters, ~643 MB per fp32 checkpoint. Then, for linear,
-task_arithmetic and ties (density 0.5), runs ``mergelab merge`` and, when installed,
-``mergekit-yaml`` on the same YAML recipe under ``/usr/bin/time -v``, and reports wall time,
-peak RSS and the max abs difference between the two outputs. ``--double`` repeats the
+task_arithmetic, ties and dare (density 0.5), breadcrumbs, model_stock and slerp (base and
+one fine-tune), runs ``mergelab merge`` and, when installed, ``mergekit-yaml`` on the same
+YAML recipe under ``/usr/bin/time -v``, and reports wall time, peak RSS and the max abs
+difference between the two outputs. ``--double`` repeats the
 mergelab runs on a fixture with twice the layers, to show memory does not follow model size.
 
     python benchmarks/merge_bench.py                 # full fixture (needs ~7 GB disk)
@@ -34,12 +35,21 @@ METHODS = {
     "linear": {"base": False, "model_params": {"weight": 1.0}, "params": {}},
     "task_arithmetic": {"base": True, "model_params": {"weight": 1.0}, "params": {}},
     "ties": {"base": True, "model_params": {"weight": 1.0, "density": 0.5}, "params": {}},
+    "dare": {"base": True, "model_params": {"weight": 1.0, "density": 0.5}, "params": {}},
+    "breadcrumbs": {
+        "base": True,
+        "model_params": {"weight": 1.0, "density": 0.5, "gamma": 0.01},
+        "params": {},
+    },
+    "model_stock": {"base": True, "model_params": {"weight": 1.0}, "params": {}},
+    # Two inputs: the base (t = 0) and the first fine-tune (t = 1).
+    "slerp": {"base": True, "model_params": {}, "params": {"t": 0.5}, "models": 1},
 }
 
 
 def recipe(method: str, folders: list[Path]) -> dict:
     spec = METHODS[method]
-    models = folders[1:]
+    models = folders[1 : 1 + spec["models"]] if "models" in spec else folders[1:]
     out = {
         "merge_method": method,
         "models": [{"model": str(m), "parameters": dict(spec["model_params"])} for m in models],

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import mergelab.engine as engine
+import mergelab.engine.plan as engine_plan
 from mergelab.engine import merge_state_dicts
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
@@ -66,7 +66,7 @@ def test_chunking_does_not_change_the_result(method, monkeypatch):
     ]
     args = (method, models, base if method in BASED else None)
     whole = merge_state_dicts(*args, params=METHODS[method])
-    monkeypatch.setattr(engine, "CHUNK_ELEMENTS", 256)
+    monkeypatch.setattr(engine_plan, "CHUNK_ELEMENTS", 256)
     monkeypatch.setattr("mergelab.methods.task_vectors.RANDOM_BLOCK", 128)
     monkeypatch.setattr("mergelab.methods.selection.SAMPLE_SIZE", 64)
     chunked = merge_state_dicts(*args, params=METHODS[method])
@@ -82,8 +82,8 @@ def test_dare_masks_do_not_depend_on_chunk_size(monkeypatch):
     base = {"big": torch.zeros(5000)}
     models = [{"big": torch.randn(5000, generator=g)} for _ in range(2)]
     monkeypatch.setattr("mergelab.methods.task_vectors.RANDOM_BLOCK", 512)
-    monkeypatch.setattr(engine, "CHUNK_ELEMENTS", 4096)
+    monkeypatch.setattr(engine_plan, "CHUNK_ELEMENTS", 4096)
     a = merge_state_dicts("dare", models, base, params={"density": 0.5})
-    monkeypatch.setattr(engine, "CHUNK_ELEMENTS", 1024)
+    monkeypatch.setattr(engine_plan, "CHUNK_ELEMENTS", 1024)
     b = merge_state_dicts("dare", models, base, params={"density": 0.5})
     assert torch.equal(a["big"], b["big"])

@@ -7,9 +7,17 @@ method (every output element depends only on the same element of the inputs, giv
 statistics gathered beforehand) is fed flat chunks, so memory stays bounded however large a
 tensor is; other methods get whole tensors in their shape.
 
-Statistics come in two scopes. ``tensor_statistics`` sees one parameter of every model in
-full before its chunks are merged (TIES's per-tensor top-k threshold); ``model_statistics``
-streams over the whole model first (TIES's whole-model top-k, the TIES paper's variant).
+Statistics come in two scopes. ``tensor_statistics`` sees one parameter of every model
+before its chunks are merged (TIES's per-tensor top-k threshold, Model Stock's angles), in
+full (``DeltaAccess.tensor``) or chunk by chunk (``DeltaAccess.chunks``, memory bounded by
+the chunk); ``model_statistics`` streams over the whole model first (TIES's whole-model
+top-k, the TIES paper's variant). Both return typed objects (subclasses of
+:class:`TensorStatistics` and :class:`ModelStatistics`), which the engine hands back through
+:class:`TensorContext`.
+
+The dry run's peak-memory estimate asks a method for its own workspace
+(:meth:`MergeMethod.workspace_bytes`): what it allocates beyond its inputs and output (an
+SVD's factors, say).
 """
 
 from __future__ import annotations
@@ -40,6 +48,16 @@ class ModelParams(BaseModel):
     weight: float = 1.0
 
 
+@dataclass(frozen=True)
+class TensorStatistics:
+    """What ``tensor_statistics`` returns for one parameter: subclass with typed fields."""
+
+
+@dataclass(frozen=True)
+class ModelStatistics:
+    """What ``model_statistics`` returns (and ``model_stats_for`` narrows per parameter)."""
+
+
 @dataclass
 class TensorContext:
     """Where a chunk sits: its parameter, its flat range, and the statistics gathered for it."""
@@ -47,8 +65,8 @@ class TensorContext:
     name: str
     shape: tuple[int, ...]
     start: int = 0
-    stats: Any = None  # from tensor_statistics
-    model_stats: Any = None  # from model_statistics (the part model_stats_for picked)
+    stats: TensorStatistics | None = None  # from tensor_statistics
+    model_stats: ModelStatistics | None = None  # from model_statistics, via model_stats_for
     model_offset: int = 0  # position of this tensor's first element in the whole model
 
     @property
@@ -63,13 +81,17 @@ class TensorContext:
 class DeltaAccess:
     """What statistics see: task vectors (model minus base, or the raw model without base).
 
-    ``tensor(i)`` gives model i's whole parameter (tensor scope); ``stream(i)`` yields
-    ``(TensorContext, values)`` over every merged parameter of model i (model scope).
+    Tensor scope: ``tensor(i)`` gives model i's whole parameter (flat, a fresh array);
+    ``chunks()`` yields ``(start, values)`` over the parameter, ``values`` the ``[n, length]``
+    task vectors of every model for the flat range from ``start`` (memory: one chunk).
+    Model scope: ``stream(i)`` yields ``(TensorContext, values)`` over every merged parameter
+    of model i.
     """
 
     n_models: int
     tensor: Callable[[int], np.ndarray] | None = None
     stream: Callable[[int], Iterable[tuple[TensorContext, np.ndarray]]] | None = None
+    chunks: Callable[[], Iterable[tuple[int, np.ndarray]]] | None = None
     total_numel: int = 0
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -86,6 +108,14 @@ class MergeMethod(ABC):
     min_models: ClassVar[int] = 1
     max_models: ClassVar[int | None] = None
     elementwise: ClassVar[bool] = True
+    whole_tensor_statistics: ClassVar[bool] = True
+    """Whether ``tensor_statistics`` reads whole parameters (``DeltaAccess.tensor``) rather
+    than chunks (``DeltaAccess.chunks``): the dry run counts their memory."""
+    identical_inputs_give_input: ClassVar[bool] = True
+    """With default parameters, n identical models (and any base) merge to that model
+    (to float rounding). The registry-generated tests hold every method to it."""
+    identical_inputs_reason: ClassVar[str] = ""
+    """Why not, where ``identical_inputs_give_input`` is False."""
 
     def __init__(self, params: MethodParams, per_model: list[ModelParams]) -> None:
         self.params = params
@@ -106,17 +136,25 @@ class MergeMethod(ABC):
     def uses_model_statistics(self) -> bool:
         return False
 
-    def tensor_statistics(self, ctx: TensorContext, deltas: DeltaAccess) -> Any:
+    def tensor_statistics(self, ctx: TensorContext, deltas: DeltaAccess) -> TensorStatistics | None:
         """Statistics of one parameter over its whole extent, for every model."""
         return None
 
-    def model_statistics(self, deltas: DeltaAccess) -> Any:
+    def model_statistics(self, deltas: DeltaAccess) -> ModelStatistics | None:
         """Statistics over whole models, computed before any tensor is merged."""
         return None
 
     def model_stats_for(self, stats: Any, ctx: TensorContext) -> Any:
         """The part of the model statistics that one tensor needs."""
         return stats
+
+    def workspace_bytes(self, shape: tuple[int, ...], n_models: int, itemsize: int) -> int:
+        """Memory the method allocates for one parameter of ``shape`` beyond the inputs it
+        is given and the output it returns (factors of an SVD, say): the dry run adds the
+        largest over the parameters to its peak-memory estimate. ``itemsize``: bytes per
+        value of the compute dtype. Elementwise methods count per chunk (``shape`` is then
+        the chunk's, flat)."""
+        return 0
 
     @abstractmethod
     def merge(self, tensors: np.ndarray, base: np.ndarray | None, ctx: TensorContext) -> np.ndarray:

@@ -19,6 +19,7 @@ rescale.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -29,7 +30,9 @@ from mergelab.methods.base import (
     MergeMethod,
     MethodParams,
     ModelParams,
+    ModelStatistics,
     TensorContext,
+    TensorStatistics,
     register,
     seeded_generator,
 )
@@ -37,6 +40,37 @@ from mergelab.methods.selection import Cutoff, top_k_cutoff
 
 RANDOM_BLOCK = 1 << 20
 NORM_EPS = 1e-7
+
+
+@dataclass(frozen=True)
+class Kept:
+    """One task vector's selection by magnitude: above ``keep``, and not above ``drop``."""
+
+    keep: Cutoff
+    drop: Cutoff
+
+
+@dataclass(frozen=True)
+class ModelSelection:
+    """One model's statistics for one parameter: its selection (None keeps everything) and
+    the factor restoring its L1 norm after pruning (``rescale=norm``)."""
+
+    kept: Kept | None
+    scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class TaskVectorTensorStats(TensorStatistics):
+    """Per-tensor statistics: one :class:`ModelSelection` per model."""
+
+    models: tuple[ModelSelection, ...]
+
+
+@dataclass(frozen=True)
+class TaskVectorModelStats(ModelStatistics):
+    """Whole-model top-k (``scope=model``): one selection per model, over the whole model."""
+
+    kept: tuple[Kept | None, ...]
 
 
 class TaskVectorParams(MethodParams):
@@ -126,15 +160,15 @@ class TaskVectorMerge(MergeMethod):
         bottom = max(0, numel - target - top)
         return numel - bottom, max(0, numel - bottom - target)
 
-    def _cutoffs(self, i: int, stream, numel: int) -> tuple[Cutoff, Cutoff] | None:
+    def _cutoffs(self, i: int, stream, numel: int) -> Kept | None:
         ranks = self._kept_ranks(i, numel)
         if ranks is None:
             return None
         keep, drop = ranks
-        return top_k_cutoff(stream, keep, numel), top_k_cutoff(stream, drop, numel)
+        return Kept(top_k_cutoff(stream, keep, numel), top_k_cutoff(stream, drop, numel))
 
     def _keep(
-        self, i: int, magnitudes: np.ndarray, ctx: TensorContext, cut: Any
+        self, i: int, magnitudes: np.ndarray, ctx: TensorContext, cut: Kept | None
     ) -> np.ndarray | None:
         """Boolean keep-mask of model i's chunk, or None when all is kept."""
         mode = self.params.sparsify
@@ -146,20 +180,19 @@ class TaskVectorMerge(MergeMethod):
         if cut is None:
             return None
         position = ctx.start + (ctx.model_offset if self.params.scope == "model" else 0)
-        keep_cut, drop_cut = cut
-        keep = keep_cut.mask(magnitudes, position)
-        if drop_cut != Cutoff.keep_none():
-            keep &= ~drop_cut.mask(magnitudes, position)
+        keep = cut.keep.mask(magnitudes, position)
+        if cut.drop != Cutoff.keep_none():
+            keep &= ~cut.drop.mask(magnitudes, position)
         return keep
 
     @staticmethod
-    def _stat(ctx: TensorContext, i: int) -> tuple[Any, float]:
-        """(cutoffs, norm rescale factor) of model i for this tensor."""
-        if ctx.stats is not None:
-            return ctx.stats[i]["cut"], ctx.stats[i].get("scale", 1.0)
-        if ctx.model_stats is not None:
-            return ctx.model_stats[i], 1.0
-        return None, 1.0
+    def _stat(ctx: TensorContext, i: int) -> ModelSelection:
+        """Selection and norm rescale factor of model i for this tensor."""
+        if isinstance(ctx.stats, TaskVectorTensorStats):
+            return ctx.stats.models[i]
+        if isinstance(ctx.model_stats, TaskVectorModelStats):
+            return ModelSelection(ctx.model_stats.kept[i])
+        return ModelSelection(None)
 
     def _random_keep(self, i: int, ctx: TensorContext, length: int, density: float) -> np.ndarray:
         """Bernoulli(density) keep-mask drawn in fixed blocks, so it is independent of chunking."""
@@ -175,7 +208,7 @@ class TaskVectorMerge(MergeMethod):
 
     # -- statistics ----------------------------------------------------------------------
 
-    def model_statistics(self, deltas: DeltaAccess) -> list[Any]:
+    def model_statistics(self, deltas: DeltaAccess) -> TaskVectorModelStats:
         cuts = []
         for i in range(deltas.n_models):
 
@@ -184,26 +217,27 @@ class TaskVectorMerge(MergeMethod):
                     yield ctx.model_offset + ctx.start, np.abs(values, out=values)
 
             cuts.append(self._cutoffs(i, stream, deltas.total_numel))
-        return cuts
+        return TaskVectorModelStats(tuple(cuts))
 
-    def tensor_statistics(self, ctx: TensorContext, deltas: DeltaAccess) -> list[dict[str, Any]]:
+    def tensor_statistics(self, ctx: TensorContext, deltas: DeltaAccess) -> TaskVectorTensorStats:
         stats = []
         for i in range(deltas.n_models):
             delta = deltas.tensor(i).reshape(-1)
             magnitudes = np.abs(delta, out=delta)
-            entry: dict[str, Any] = {}
             if self._selects_top_k and self.params.scope == "tensor":
-                entry["cut"] = self._cutoffs(i, lambda m=magnitudes: [(0, m)], magnitudes.size)
+                kept = self._cutoffs(i, lambda m=magnitudes: [(0, m)], magnitudes.size)
+            elif isinstance(ctx.model_stats, TaskVectorModelStats):
+                kept = ctx.model_stats.kept[i]
             else:
-                entry["cut"] = (ctx.model_stats or [None] * deltas.n_models)[i]
+                kept = None
+            scale = 1.0
             if self.params.rescale == "norm":
-                keep = self._keep(i, magnitudes, ctx, entry["cut"])
+                keep = self._keep(i, magnitudes, ctx, kept)
                 before = float(magnitudes.sum(dtype=np.float64))
                 after = before if keep is None else float(magnitudes[keep].sum(dtype=np.float64))
                 scale = before / after if before >= NORM_EPS and after >= NORM_EPS else 1.0
-                entry["scale"] = scale
-            stats.append(entry)
-        return stats
+            stats.append(ModelSelection(kept, scale))
+        return TaskVectorTensorStats(tuple(stats))
 
     # -- the merge -----------------------------------------------------------------------
 
@@ -214,8 +248,9 @@ class TaskVectorMerge(MergeMethod):
         if p.sparsify != "none":
             scratch = np.empty_like(deltas[0])
             for i in range(deltas.shape[0]):
-                cut, scale = self._stat(ctx, i)
-                keep = self._keep(i, np.abs(deltas[i], out=scratch), ctx, cut)
+                selection = self._stat(ctx, i)
+                scale = selection.scale
+                keep = self._keep(i, np.abs(deltas[i], out=scratch), ctx, selection.kept)
                 if keep is not None:
                     np.multiply(deltas[i], keep, out=deltas[i])
                 if p.rescale == "inverse" and 0 < self.per_model[i].density < 1:
@@ -254,6 +289,9 @@ class TaskVectorMerge(MergeMethod):
         return mixed
 
 
+SUMS = "task vectors add up (normalize=false by default): n identical models give base + n*tau"
+
+
 class TiesParams(TaskVectorParams):
     normalize: bool = True
     sparsify: Literal["none", "magnitude", "random", "outliers"] = "magnitude"
@@ -284,6 +322,8 @@ class TaskArithmetic(TaskVectorMerge):
     name = "task_arithmetic"
     summary = "base plus lambda times the weighted sum of task vectors"
     reference = "https://arxiv.org/abs/2212.04089"
+    identical_inputs_give_input = False
+    identical_inputs_reason = SUMS
 
 
 @register
@@ -308,6 +348,8 @@ class Dare(TaskVectorMerge):
     summary = "random drop and rescale of task vectors, then task arithmetic"
     reference = "https://arxiv.org/abs/2311.03099"
     Params = DareParams
+    identical_inputs_give_input = False
+    identical_inputs_reason = SUMS
 
 
 @register
@@ -325,6 +367,8 @@ class DareTies(TaskVectorMerge):
     summary = "DARE drop/rescale with TIES sign election"
     reference = "https://arxiv.org/abs/2311.03099"
     Params = DareTiesParams
+    identical_inputs_give_input = False
+    identical_inputs_reason = SUMS
 
 
 @register
@@ -336,6 +380,8 @@ class Breadcrumbs(TaskVectorMerge):
     summary = "drop outliers and small values of task vectors, then task arithmetic"
     reference = "https://arxiv.org/abs/2312.06795"
     Params = BreadcrumbsParams
+    identical_inputs_give_input = False
+    identical_inputs_reason = SUMS
 
 
 @register
@@ -346,3 +392,5 @@ class BreadcrumbsTies(TaskVectorMerge):
     summary = "Breadcrumbs masks with TIES sign election"
     reference = "https://arxiv.org/abs/2312.06795"
     Params = BreadcrumbsTiesParams
+    identical_inputs_give_input = False
+    identical_inputs_reason = SUMS

@@ -1,0 +1,202 @@
+"""The public entry points: merge files on disk, merge state dicts in memory, open a recipe,
+check an output location (the dry run)."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mergelab.engine.execute import MemorySink, execute
+from mergelab.engine.plan import MergePlan, _listing, build_plan, method_class
+from mergelab.errors import MergeError
+from mergelab.io.checkpoint import ArrayCheckpoint, TensorInfo
+from mergelab.io.open import open_checkpoint
+from mergelab.io.writer import SafetensorsWriter, check_output, is_file_output
+from mergelab.recipe import Recipe
+
+DEFAULT_SHARD_BYTES = 5 * 1024**3
+
+
+def versions() -> dict[str, str]:
+    from mergelab import __version__
+
+    return {
+        "mergelab": __version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def open_recipe(recipe: Recipe) -> MergePlan:
+    """Open the recipe's checkpoints (headers only) and plan the merge."""
+    options = {"key": recipe.key, "strip_prefix": recipe.strip_prefix}
+    base_path = recipe.base_model
+    entries = list(recipe.models)
+    notes = []
+    if base_path is not None and method_class(recipe.merge_method).base_policy != "unused":
+        # As in mergekit, the base listed among the models is the base, not another input.
+        same = [e for e in entries if Path(e.model).resolve() == Path(base_path).resolve()]
+        if same:
+            entries = [e for e in entries if e not in same]
+            notes.append(f"{base_path} is the base; not merged again as a model")
+            if not entries:
+                raise MergeError(
+                    f"{base_path} is the base and the only model; list the models to merge "
+                    f"besides it"
+                )
+    base = open_checkpoint(base_path, **options) if base_path is not None else None
+    models = [open_checkpoint(e.model, **options) for e in entries]
+    plan = build_plan(
+        recipe.merge_method,
+        models,
+        base,
+        params=dict(recipe.parameters),
+        model_params=[dict(e.parameters) for e in entries],
+        dtype=recipe.dtype,
+        recipe=recipe,
+    )
+    plan.notes += notes
+    return plan
+
+
+def _record(plan: MergePlan) -> tuple[Recipe, dict[str, str]]:
+    """The recipe with absolute paths and resolved parameters, as stored with the output."""
+    assert plan.recipe is not None
+    recipe = plan.recipe.model_copy(
+        update={
+            "models": [
+                e.model_copy(update={"model": str(Path(e.model).resolve())})
+                for e in plan.recipe.models
+            ],
+            "base_model": None
+            if plan.recipe.base_model is None
+            else str(Path(plan.recipe.base_model).resolve()),
+        }
+    )
+    metadata = {
+        "mergelab.recipe": json.dumps(recipe.model_dump(exclude_defaults=True), sort_keys=True),
+        "mergelab.method_params": json.dumps(plan.method.params.model_dump(by_alias=True)),
+        "mergelab.versions": json.dumps(versions(), sort_keys=True),
+    }
+    return recipe, metadata
+
+
+def _recipe_name(out: str | Path) -> str:
+    """The recipe record: ``NAME.mergelab.yaml`` beside a file, else ``mergelab.yaml``."""
+    return f"{Path(out).stem}.mergelab.yaml" if is_file_output(out) else "mergelab.yaml"
+
+
+def _input_paths(plan: MergePlan) -> list[Path]:
+    """Every path the merge reads: as the recipe gives them, and the files behind them."""
+    paths = [Path(p) for ckpt in plan.inputs for p in ckpt.files]
+    if plan.recipe is not None:
+        paths += [Path(e.model) for e in plan.recipe.models]
+        if plan.recipe.base_model is not None:
+            paths.append(Path(plan.recipe.base_model))
+    return paths
+
+
+def merge(
+    recipe: Recipe | str | Path,
+    out: str | Path,
+    *,
+    force: bool = False,
+    max_shard_bytes: int | None = DEFAULT_SHARD_BYTES,
+    progress: bool = True,
+) -> Path:
+    """Merge checkpoints on disk into ``out`` (a ``.safetensors`` file or a model folder).
+
+    The output appears only when complete; an existing one is replaced only with ``force``.
+    A ``mergelab.yaml`` (``<name>.mergelab.yaml`` beside a single file) records the recipe.
+    """
+    if not isinstance(recipe, Recipe):
+        recipe = Recipe.from_yaml(recipe)
+    plan = open_recipe(recipe)
+    try:
+        record, metadata = _record(plan)
+        header = "".join(f"# {k} {v}\n" for k, v in versions().items())
+        yaml_name = _recipe_name(out)
+        out = Path(out)
+        infos = [TensorInfo(t.name, t.shape, t.out_dtype) for t in plan.tensors]
+        writer = SafetensorsWriter(
+            out,
+            infos,
+            metadata=metadata,
+            max_shard_bytes=max_shard_bytes,
+            force=force,
+            extra_files={yaml_name: record.to_yaml(header)},
+            inputs=_input_paths(plan),
+        )
+        try:
+            differing = execute(plan, writer, progress=progress)
+        except BaseException:
+            writer.abort()
+            raise
+        writer.close()
+        if differing:
+            print(
+                f"mergelab: note: {len(differing)} integer tensor(s) differ between the models "
+                f"and were copied from {plan.models[0].label} (integers are never averaged): "
+                f"{_listing(differing)}",
+                file=sys.stderr,
+            )
+    finally:
+        for ckpt in plan.inputs:
+            ckpt.close()
+    return out
+
+
+def merge_state_dicts(
+    method: str,
+    models: Sequence[Mapping[str, Any]],
+    base: Mapping[str, Any] | None = None,
+    *,
+    params: Mapping[str, Any] | None = None,
+    model_params: Sequence[Mapping[str, Any]] | None = None,
+    dtype: str | None = None,
+    labels: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Merge in-memory state dicts (torch tensors or NumPy arrays) with the same checks and
+    code path as files. Returns torch tensors if the inputs were torch tensors. ``labels``
+    name the models in errors (their files, say); default ``model 1``, ``model 2``, ..."""
+    names = list(labels) if labels is not None else [f"model {i + 1}" for i in range(len(models))]
+    checkpoints = [ArrayCheckpoint(sd, name) for sd, name in zip(models, names, strict=True)]
+    base_ckpt = None if base is None else ArrayCheckpoint(base, "base")
+    plan = build_plan(
+        method, checkpoints, base_ckpt, params=params, model_params=model_params, dtype=dtype
+    )
+    sink = MemorySink(plan)
+    execute(plan, sink, progress=False)
+    arrays = {t.name: sink.arrays[t.name].reshape(t.shape) for t in plan.tensors}
+    first = next(iter(models[0].values()), None)
+    if first is None or isinstance(first, np.ndarray):
+        return arrays
+    import torch
+
+    from mergelab.io.dtypes import to_torch
+
+    return {
+        t.name: torch.from_numpy(arrays[t.name]).view(to_torch(t.out_dtype)) for t in plan.tensors
+    }
+
+
+def check_plan_output(
+    plan: MergePlan, out: str | Path, *, force: bool, max_shard_bytes: int | None
+) -> list[str]:
+    """The files a merge into ``out`` would write, after every check the real run makes
+    (an input in the way, a file mergelab did not write); nothing is touched."""
+    infos = [TensorInfo(t.name, t.shape, t.out_dtype) for t in plan.tensors]
+    return check_output(
+        out,
+        infos,
+        max_shard_bytes=max_shard_bytes,
+        force=force,
+        extra_names=[_recipe_name(out)],
+        inputs=_input_paths(plan),
+    )

@@ -1,0 +1,319 @@
+"""Planning: check everything that headers tell (names, shapes, dtypes, base, parameters)
+and decide, per tensor, what the merge will do, before any tensor data is read.
+
+The chunk size lives here (``CHUNK_ELEMENTS``): execution reads it when it runs, and the
+dry run's peak-memory estimate counts it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+
+from mergelab.checks import finite_number
+from mergelab.errors import MergeError
+from mergelab.io.checkpoint import Checkpoint
+from mergelab.io.dtypes import STORAGE, compute_dtype, dtype_name, is_float, parse_dtype
+from mergelab.methods import MergeMethod, get_method
+from mergelab.recipe import Recipe
+
+CHUNK_ELEMENTS = 1 << 20  # 4 MiB of float32 per input; the DARE mask block divides it
+MAX_LISTED = 20
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    """One output tensor: merged from every input, or copied from the first (integers)."""
+
+    name: str
+    shape: tuple[int, ...]
+    in_dtype: str
+    out_dtype: str
+    compute_dtype: np.dtype
+    merged: bool
+    model_offset: int = 0
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass
+class MergePlan:
+    """Everything checked and decided before any tensor data is read."""
+
+    method: MergeMethod
+    models: list[Checkpoint]
+    base: Checkpoint | None
+    tensors: list[TensorPlan]
+    recipe: Recipe | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def inputs(self) -> list[Checkpoint]:
+        return [*self.models, *([self.base] if self.base is not None else [])]
+
+    @property
+    def bytes_read(self) -> int:
+        """Bytes read from the inputs, counting statistics passes."""
+        passes = 1 + (1 if self.method.uses_tensor_statistics else 0)
+        passes += 2 if self.method.uses_model_statistics else 0
+        total = 0
+        for t in self.tensors:
+            each = [c.infos[t.name].nbytes for c in self.inputs]
+            total += sum(each) * passes if t.merged else each[0]
+        return total
+
+    @property
+    def bytes_written(self) -> int:
+        return sum(t.numel * STORAGE[t.out_dtype].itemsize for t in self.tensors)
+
+    def peak_bytes_estimate(self) -> int:
+        """Working memory of the merge itself (the Python runtime comes on top): the largest
+        over the tensors of the engine's buffers plus the method's own workspace."""
+        merged = [t for t in self.tensors if t.merged] or self.tensors
+        return max((self._tensor_peak(t) for t in merged), default=0)
+
+    def _tensor_peak(self, t: TensorPlan) -> int:
+        method = self.method
+        itemsize = t.compute_dtype.itemsize
+        size = t.numel * itemsize
+        n_in = len(self.inputs)
+        if method.elementwise:
+            chunk = min(size, CHUNK_ELEMENTS * 8)
+            peak = chunk * (2 * n_in + 6)  # two buffer slots, output, temporaries
+            if method.uses_tensor_statistics:
+                if method.whole_tensor_statistics:
+                    peak += 3 * size  # the base, one task vector, its magnitudes
+                else:  # one chunk of every input, in float64
+                    peak += min(t.numel, CHUNK_ELEMENTS) * (n_in * (itemsize + 8) + itemsize)
+            shape: tuple[int, ...] = (min(t.numel, CHUNK_ELEMENTS),)
+        else:
+            peak = size * (2 * n_in + 3)
+            shape = t.shape
+        return peak + method.workspace_bytes(shape, len(self.models), itemsize)
+
+    def describe(self, verbose: bool = False) -> str:
+        """The dry-run report: what would be read, computed and written."""
+        m = self.method
+        lines = [
+            f"method      {m.name}: {m.summary}",
+            f"parameters  {m.params.model_dump(by_alias=True)}",
+        ]
+        for ckpt, p in zip(self.models, m.per_model, strict=True):
+            lines.append(f"model       {ckpt.label}  {p.model_dump(exclude_none=True)}")
+        if self.base is not None:
+            lines.append(f"base        {self.base.label}")
+        merged = sum(t.merged for t in self.tensors)
+        lines += [
+            f"tensors     {len(self.tensors)} ({merged} merged, {len(self.tensors) - merged} "
+            f"copied from the first model)",
+            f"read        {_size(self.bytes_read)}",
+            f"write       {_size(self.bytes_written)}",
+            f"peak memory ~{_size(self.peak_bytes_estimate())} for the merge "
+            f"(plus the Python runtime, ~0.1 GB)",
+        ]
+        lines += [f"note        {n}" for n in self.notes]
+        shown = self.tensors if verbose else self.tensors[:MAX_LISTED]
+        for t in shown:
+            how = "merge" if t.merged else "copy "
+            lines.append(
+                f"  {how} {t.name} {list(t.shape)} "
+                f"{dtype_name(t.in_dtype)}->{dtype_name(t.out_dtype)}"
+            )
+        if len(shown) < len(self.tensors):
+            lines.append(f"  ... {len(self.tensors) - len(shown)} more (--verbose lists all)")
+        return "\n".join(lines)
+
+
+def _size(n: float) -> str:
+    if n < 1000:
+        return f"{int(n)} B"
+    for unit in ("KB", "MB", "GB", "TB"):
+        n /= 1000
+        if n < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}"
+    raise AssertionError  # pragma: no cover
+
+
+# -- checks and planning -------------------------------------------------------------------
+
+
+def method_class(method_name: str) -> type[MergeMethod]:
+    """The registered method, or one error line listing the known ones."""
+    try:
+        return get_method(method_name)
+    except ValueError as exc:
+        raise MergeError(str(exc)) from None
+
+
+def _finite_values(where: str, values: Mapping[str, Any]) -> None:
+    """Refuse NaN/Inf anywhere in a parameter set (lists and per-layer maps included):
+    one such number turns every merged tensor into NaN/Inf."""
+
+    def walk(key: str, value: Any) -> None:
+        if isinstance(value, Mapping):
+            for k, v in value.items():
+                walk(f"{key}.{k}", v)
+        elif isinstance(value, list | tuple):
+            for i, v in enumerate(value):
+                walk(f"{key}[{i}]", v)
+        else:
+            finite_number(f"{where}{key}", value, MergeError)
+
+    for name, value in values.items():
+        walk(str(name), value)
+
+
+def _instantiate(
+    method_name: str,
+    params: dict[str, Any],
+    per_model: Sequence[dict[str, Any]],
+    labels: Sequence[str] | None = None,
+) -> MergeMethod:
+    cls = method_class(method_name)
+    labels = (
+        list(labels) if labels is not None else [f"model {i + 1}" for i in range(len(per_model))]
+    )
+    per_model_fields = set(cls.PerModel.model_fields)
+    defaults = {k: v for k, v in params.items() if k in per_model_fields}
+    global_params = {k: v for k, v in params.items() if k not in per_model_fields}
+    try:
+        method_params = cls.Params.model_validate(global_params)
+    except ValidationError as exc:
+        raise MergeError(_param_error(method_name, "", exc, cls)) from None
+    model_params = []
+    for label, own in zip(labels, per_model, strict=True):
+        try:
+            model_params.append(cls.PerModel.model_validate({**defaults, **own}))
+        except ValidationError as exc:
+            raise MergeError(_param_error(method_name, f" of {label}", exc, cls)) from None
+    # Checked as validated: "inf" or "1e400" given as text become float Inf only there.
+    _finite_values("parameter ", method_params.model_dump(by_alias=True))
+    for label, own in zip(labels, model_params, strict=True):
+        _finite_values(f"{label}: parameter ", own.model_dump())
+    try:
+        return cls(method_params, model_params)
+    except ValueError as exc:
+        raise MergeError(str(exc)) from None
+
+
+def _param_error(method: str, where: str, exc: ValidationError, cls: type[MergeMethod]) -> str:
+    known = sorted(
+        {f.alias or k for k, f in cls.Params.model_fields.items()} | set(cls.PerModel.model_fields)
+    )
+    problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+    return (
+        f"{method}: invalid parameter{where}: {problems} "
+        f"(parameters of {method}: {', '.join(known)})"
+    )
+
+
+def check_inputs(models: Sequence[Checkpoint], base: Checkpoint | None) -> None:
+    """Same names, shapes and kinds of dtype in every input; errors list every difference."""
+    inputs = [*models, *([base] if base is not None else [])]
+    reference = inputs[0]
+    names = set(reference.infos)
+    problems = []
+    for ckpt in inputs[1:]:
+        missing = sorted(names - set(ckpt.infos))
+        extra = sorted(set(ckpt.infos) - names)
+        if missing:
+            problems.append(f"{ckpt.label}: missing {len(missing)} tensors: {_listing(missing)}")
+        if extra:
+            problems.append(f"{ckpt.label}: {len(extra)} extra tensors: {_listing(extra)}")
+    if problems:
+        raise MergeError(f"tensor names differ from {reference.label}: " + "; ".join(problems))
+    shapes = []
+    for name, info in reference.infos.items():
+        for ckpt in inputs[1:]:
+            other = ckpt.infos[name]
+            if other.shape != info.shape:
+                shapes.append(
+                    f"{name}: {reference.label} {list(info.shape)} "
+                    f"vs {ckpt.label} {list(other.shape)}"
+                )
+            elif is_float(other.dtype) != is_float(info.dtype) or (
+                not is_float(info.dtype) and other.dtype != info.dtype
+            ):
+                shapes.append(
+                    f"{name}: {reference.label} {dtype_name(info.dtype)} vs "
+                    f"{ckpt.label} {dtype_name(other.dtype)}"
+                )
+    if shapes:
+        more = f"; ... ({len(shapes) - 5} more)" if len(shapes) > 5 else ""
+        raise MergeError(f"tensor shapes or kinds differ: {'; '.join(shapes[:5])}{more}")
+
+
+def _listing(names: list[str]) -> str:
+    shown = ", ".join(names[:MAX_LISTED])
+    return shown + (f", ... ({len(names) - MAX_LISTED} more)" if len(names) > MAX_LISTED else "")
+
+
+def build_plan(
+    method_name: str,
+    models: Sequence[Checkpoint],
+    base: Checkpoint | None = None,
+    *,
+    params: Mapping[str, Any] | None = None,
+    model_params: Sequence[Mapping[str, Any]] | None = None,
+    dtype: str | None = None,
+    recipe: Recipe | None = None,
+) -> MergePlan:
+    """Check everything that can be checked from headers, and decide what to do per tensor."""
+    if not models:
+        raise MergeError("no models to merge: give at least one model")
+    model_params = list(model_params) if model_params is not None else [{} for _ in models]
+    if len(model_params) != len(models):
+        raise MergeError(f"{len(model_params)} sets of model parameters for {len(models)} models")
+    method = _instantiate(method_name, dict(params or {}), model_params, [m.label for m in models])
+    if method.base_policy == "required" and base is None:
+        raise MergeError(f"{method_name}: needs a base model (--base / base_model)")
+    if method.base_policy == "unused" and base is not None:
+        raise MergeError(
+            f"{method_name}: does not use a base model; list {base.label} under the models "
+            f"to include it"
+        )
+    try:
+        method.check_counts(len(models), base is not None)
+        out_dtype = parse_dtype(dtype) if dtype is not None else None
+    except ValueError as exc:
+        raise MergeError(str(exc) if dtype is None else f"--dtype: {exc}") from None
+    check_inputs(models, base)
+    inputs = [*models, *([base] if base is not None else [])]
+    if not inputs[0].infos:
+        raise MergeError(f"{inputs[0].label}: holds no tensors; nothing to merge")
+    tensors = []
+    mixed = []
+    offset = 0
+    for name, info in inputs[0].infos.items():
+        dtypes = {ckpt.infos[name].dtype for ckpt in inputs}
+        if not is_float(info.dtype):
+            tensors.append(
+                TensorPlan(name, info.shape, info.dtype, info.dtype, STORAGE[info.dtype], False)
+            )
+            continue
+        if len(dtypes) > 1 and out_dtype is None:
+            mixed.append(
+                f"{name}: "
+                + ", ".join(f"{ckpt.label} {dtype_name(ckpt.infos[name].dtype)}" for ckpt in inputs)
+            )
+            continue
+        target = out_dtype or info.dtype
+        tensors.append(
+            TensorPlan(name, info.shape, info.dtype, target, compute_dtype(dtypes), True, offset)
+        )
+        offset += info.numel
+    if mixed:
+        more = f"; ... ({len(mixed) - 3} more)" if len(mixed) > 3 else ""
+        raise MergeError(
+            "inputs mix dtypes; choose the output dtype with --dtype (e.g. --dtype float32): "
+            + "; ".join(mixed[:3])
+            + more
+        )
+    return MergePlan(method, list(models), base, tensors, recipe)
