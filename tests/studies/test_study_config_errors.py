@@ -11,16 +11,13 @@ import pytest
 import yaml
 
 from mergelab.cli import main
+from mergelab.data.registry import known_datasets
 from mergelab.models.builtin import BUILTINS
 from mergelab.studies.config import StudyConfig, preset_path
 
 ARCHS = f"{', '.join(BUILTINS)}, tv:<torchvision name>, timm:<timm name>"
 STUDY_KEYS = ", ".join(StudyConfig.model_fields)
-DATASETS = (
-    "mnist5k, digits, cifar10, cifar100, medmnist, pathmnist, chestmnist, dermamnist, "
-    "octmnist, pneumoniamnist, retinamnist, breastmnist, bloodmnist, tissuemnist, "
-    "organamnist, organcmnist, organsmnist, imagefolder, tinyimagenet, celeba, chestxray14"
-)
+DATASETS = ", ".join(known_datasets())
 NAME_RULE = (
     "is no plain folder name; it names the output folder mergelab-study-NAME (allowed: 1 to "
     "100 letters, digits, '_', '-' and '.', starting with a letter or digit, no '..')"

@@ -14,6 +14,12 @@ from mergelab.data.embedded import load_digits, load_mnist5k
 from mergelab.data.errors import DatasetError
 from mergelab.data.imagefolder import load_imagefolder, load_tinyimagenet
 from mergelab.data.medmnist import MEDMNIST_CLASSES, load_medmnist
+from mergelab.data.multitask import (
+    MULTITASK_SOURCE,
+    MULTITASK_TASKS,
+    multitask_help,
+    multitask_loader,
+)
 from mergelab.data.subset import parse_classes, split_subset, subset_classes
 
 
@@ -47,6 +53,10 @@ DATASETS: dict[str, DatasetEntry] = {
     "tinyimagenet": DatasetEntry(load_tinyimagenet, True, "tinyimagenet:PATH"),
     "celeba": DatasetEntry(load_celeba, True, "celeba:PATH[:ATTRIBUTE]"),
     "chestxray14": DatasetEntry(load_chestxray14, True, "chestxray14:PATH"),
+    **{
+        n: DatasetEntry(multitask_loader(n), False, multitask_help(n))
+        for n in (MULTITASK_SOURCE, *MULTITASK_TASKS)
+    },
 }
 
 
