@@ -49,6 +49,7 @@ EXPECTED = {
         "templates_digits.png",
         "kernels_cifar10_resnet20.png",
     ],
+    "multitask": ["multitask.png"],
 }
 ALL_FIGURES = [fn for study in STUDIES.values() for fn in study.figures]
 

@@ -17,6 +17,7 @@ the paper's protocol (fine-tunes of one start), "independent" the contrast.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Callable
@@ -45,6 +46,7 @@ from mergelab.report.verdicts import (
 from mergelab.studies.registry import (
     CROSS_TASK,
     MAGNITUDE,
+    MULTITASK,
     TEMPLATES,
     WEIGHT_STATS,
     WVF,
@@ -658,6 +660,78 @@ def _cross_task(results: Results) -> list[Condition] | str:
             results.vector,
         )
     ]
+
+
+# -- multi-task --------------------------------------------------------------------------
+
+CART_RANK_RANGE = (0.08, 0.30)  # the paper's best rank fractions
+
+
+def _task_units(
+    cond: Condition, rows: pd.DataFrame, first: str, second: str, column: str = "method"
+) -> Condition:
+    """Per arch: one unit whose items are the tasks, each ``first - second`` (normalized
+    accuracy; seeds are replicates); tasks missing either are left out."""
+    for arch, g in rows.groupby("arch", sort=True):
+        seeds = []
+        for _, gs in g.groupby("seed", sort=True, dropna=False):
+            w = gs.pivot_table(index="dataset", columns=column, values="value")
+            if first in w.columns and second in w.columns:
+                seeds.append((w[first] - w[second]).dropna().sort_index())
+        if not seeds or any(len(d) == 0 for d in seeds):
+            continue
+        common = sorted(set.intersection(*(set(d.index) for d in seeds)))
+        vecs = tuple(d.loc[common].to_numpy(float) for d in seeds)
+        unit = Unit(f"multitask/{arch}/tasks", vecs)
+        cond.add({"arch": arch, "tasks": len(common)}, unit, unit.estimate)
+    return cond
+
+
+@_claim(
+    "multitask_method_ranking",
+    MULTITASK,
+    "Merging the task backbones of one pre-trained model, CART > TIES > task arithmetic > "
+    "weight averaging on average normalized test accuracy (merged / the task's own "
+    "fine-tuned backbone); coefficients chosen on val; tasks are the resampled items.",
+    "CART paper (ViT-B/32, 8 tasks): 84.7 > 72.4 > 69.1 > 65.9 normalized accuracy.",
+)
+def _multitask_ranking(results: Results) -> list[Condition] | str:
+    rows = results.select(MULTITASK, metric="normalized_accuracy", where={"sweep": "methods"})
+    if rows.empty:
+        return "no multitask rows"
+    chain = ("CART", "TIES", "Task Arithmetic", "Weight Averaging")
+    missing = [m for m in chain if m not in set(rows["method"])]
+    if missing:
+        return f"methods not run: {', '.join(missing)}"
+    return [
+        _task_units(Condition(f"{a} - {b}", "greater"), rows, a, b)
+        for a, b in itertools.pairwise(chain)
+    ]
+
+
+@_claim(
+    "multitask_cart_rank",
+    MULTITASK,
+    f"CART's best rank fraction lies between {CART_RANK_RANGE[0]:.0%} and "
+    f"{CART_RANK_RANGE[1]:.0%}: the best swept rank inside that range beats the best "
+    "outside it on average normalized test accuracy (coefficient chosen on val at every "
+    "rank; tasks are the resampled items).",
+    "CART paper: accuracy peaks at rank 8-30 % and falls at both ends.",
+)
+def _multitask_rank(results: Results) -> list[Condition] | str:
+    rows = results.select(MULTITASK, metric="normalized_accuracy", where={"sweep": "rank"})
+    if rows.empty:
+        return "no CART rank sweep rows"
+    low, high = CART_RANK_RANGE
+    inside = rows["rank_fraction"].between(low - 1e-9, high + 1e-9)
+    if inside.all() or not inside.any():
+        return "the swept rank fractions lie all inside or all outside 8-30 %"
+    mean = rows.groupby("rank_fraction")["value"].mean()
+    best_in = mean[mean.index.isin(rows.loc[inside, "rank_fraction"])].idxmax()
+    best_out = mean[mean.index.isin(rows.loc[~inside, "rank_fraction"])].idxmax()
+    rows = rows.assign(which=rows["rank_fraction"].map({best_in: "inside", best_out: "outside"}))
+    label = f"best inside (rank {best_in:g}) - best outside (rank {best_out:g})"
+    return [_task_units(Condition(label, "greater"), rows, "inside", "outside", "which")]
 
 
 # -- templates ---------------------------------------------------------------------------

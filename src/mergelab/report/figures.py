@@ -50,17 +50,19 @@ from mergelab.report.frames import (
     experiment_label,
     is_fraction,
     methods_in,
+    order_methods,
     short_number,
     slug,
     varying,
 )
-from mergelab.report.tables import primary_magnitude
+from mergelab.report.tables import MULTITASK_FIRST, multitask_frame, primary_magnitude
 from mergelab.report.uncertainty import LEVEL, Unit, pooled_interval
 from mergelab.studies.registry import (
     CROSS_TASK,
     INGREDIENTS,
     MAGNITUDE,
     MAGNITUDE_BATCHES,
+    MULTITASK,
     STUDIES,
     TEMPLATES,
     WEIGHT_STATS,
@@ -75,6 +77,7 @@ __all__ = [
     "fig_magnitude",
     "fig_magnitude_batches",
     "fig_magnitude_gap",
+    "fig_multitask",
     "fig_template_correlation",
     "fig_templates",
     "fig_weight_stats",
@@ -654,6 +657,55 @@ def fig_cross_task(results: Results | pd.DataFrame, out_dir: Path) -> list[Path]
             )
             _legend_right(ax)
         return [_save(fig, Path(out_dir) / "cross_task.png")]
+
+
+# -- multi-task --------------------------------------------------------------------------
+
+
+@MULTITASK.figure
+def fig_multitask(results: Results | pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Average normalized test accuracy per method (dots: each task), and CART's
+    average normalized accuracy against its rank fraction (coefficient chosen on val at
+    every rank)."""
+    results = Results.of_rows(results)
+    w = multitask_frame(results, "normalized_accuracy")
+    if w.empty:
+        return []
+    ranks = multitask_frame(results, "normalized_accuracy", "rank")
+    ncols = 2 if not ranks.empty else 1
+    with _figure(1, ncols, size=(5.2 * ncols, 3.4)) as (fig, axes):
+        ax = axes[0, 0]
+        methods = [m for m in order_methods(w["method"], MULTITASK_FIRST) if m != "Individual"]
+        tasks = [
+            c
+            for c in w.columns
+            if c not in ("arch", "seed", "n_models", "rank_fraction", "method", "Average")
+        ]
+        for i, method in enumerate(methods):
+            row = w[w["method"] == method]
+            ax.bar(i, 100 * row["Average"].mean(), color=method_color(method), alpha=0.85)
+            vals = 100 * row[tasks].to_numpy(float).ravel()
+            ax.scatter(np.full(len(vals), i), vals, s=8, color="black", zorder=3)
+        ax.axhline(100.0, color="grey", linestyle="--", linewidth=0.8)
+        ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
+        ax.set_ylabel("normalized test accuracy (%)")
+        constant = constant_keys(w, ["arch", "seed"])
+        ax.set_title(
+            f"{len(tasks)} tasks merged: bars mean, dots tasks"
+            + (f" ({constant})" if constant else "")
+        )
+        if not ranks.empty:
+            ax = axes[0, 1]
+            r = ranks.sort_values("rank_fraction")
+            ax.plot(
+                100 * r["rank_fraction"], 100 * r["Average"], marker="o", color=method_color("CART")
+            )
+            ax.axvspan(8, 30, color="grey", alpha=0.15, label="8-30 % (paper)")
+            ax.set_xlabel("CART rank fraction (%)")
+            ax.set_ylabel("average normalized accuracy (%)")
+            ax.set_title("CART: accuracy against rank")
+            ax.legend(fontsize=8)
+        return [_save(fig, Path(out_dir) / "multitask.png")]
 
 
 # -- magnitude ---------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from mergelab.studies.registry import (
     INGREDIENTS,
     MAGNITUDE,
     MAGNITUDE_BATCHES,
+    MULTITASK,
     STUDIES,
     TEMPLATES,
     WEIGHT_STATS,
@@ -418,6 +419,90 @@ def templates_tables(results: Results) -> list[Table]:
         "mean; it identifies one class by chance. merged_halves is compared with the mixed means."
     )
     return [Table("Templates against the class means", frame, note, "{:.3f}")]
+
+
+# -- multi-task --------------------------------------------------------------------------
+
+MULTITASK_FIRST = (
+    "Individual",
+    "Pretrained",
+    "Weight Averaging",
+    "Task Arithmetic",
+    "TIES",
+    "DARE",
+    "TSV-M",
+    "Iso-C",
+    "CART",
+)
+"""The multi-task rows' method order (the studies.multitask labels)."""
+
+
+def multitask_frame(results: Results, metric: str, sweep: str = "methods") -> pd.DataFrame:
+    """``sweep``'s test ``metric`` rows: one row per (arch, seed, n_models, rank_fraction,
+    method), one column per task, plus "Average" (the mean over the tasks)."""
+    df = results.select(MULTITASK, metric=metric, where={"sweep": sweep})
+    if df.empty:
+        return pd.DataFrame()
+    index = ["arch", "seed", "n_models", "rank_fraction", "method"]
+    wide = df.pivot_table(index=index, columns="dataset", values="value", dropna=False)
+    wide = wide.dropna(how="all")
+    tasks = list(dict.fromkeys(df["dataset"]))
+    wide = wide[[t for t in tasks if t in wide.columns]]
+    wide["Average"] = wide.mean(axis=1)
+    wide.columns.name = None
+    return wide.reset_index()
+
+
+@MULTITASK.table
+def multitask_tables(results: Results) -> list[Table]:
+    out = []
+    for metric, what in (("accuracy", "test accuracy"), ("normalized_accuracy", "normalized")):
+        w = multitask_frame(results, metric)
+        if w.empty:
+            continue
+        keys = varying(w, ["arch", "seed"])
+        methods = order_methods(w["method"], MULTITASK_FIRST)
+        w = w.assign(_o=w["method"].map(methods.index)).sort_values([*keys, "_o"])
+        frame = w.set_index([*keys, "method"]).drop(
+            columns=[
+                "_o",
+                "n_models",
+                "rank_fraction",
+                *(c for c in ("arch", "seed") if c not in keys),
+            ]
+        )
+        title = f"Multi-task merging: {what} per task (%)"
+        constant = constant_keys(w, ["arch", "seed"])
+        note = (
+            "Each method's coefficient chosen on the mean val accuracy of the tasks; test "
+            "numbers. Normalized: merged / the task's own fine-tuned backbone (Individual)."
+        )
+        out.append(Table(title + (f", {constant}" if constant else ""), frame * 100.0, note))
+    for sweep, col, label in (
+        ("rank", "rank_fraction", "rank fraction"),
+        ("tasks", "n_models", "tasks merged"),
+    ):
+        w = multitask_frame(results, "normalized_accuracy", sweep)
+        if w.empty:
+            continue
+        keys = varying(w, ["arch", "seed"])
+        frame = w.pivot_table(index=[*keys, col], columns="method", values="Average")
+        frame.columns.name = None
+        frame = frame[order_methods(frame.columns, MULTITASK_FIRST)]
+        if col == "n_models":
+            frame.index = (
+                frame.index.set_levels(frame.index.levels[-1].astype(int), level=-1)
+                if isinstance(frame.index, pd.MultiIndex)
+                else frame.index.astype(int)
+            )
+        out.append(
+            Table(
+                f"Multi-task merging: average normalized accuracy (%) by {label}",
+                frame * 100.0,
+                "Mean over the merged tasks; coefficient chosen on val at every point.",
+            )
+        )
+    return out
 
 
 def study_tables(results: Results | pd.DataFrame) -> dict[str, list[Table]]:

@@ -197,6 +197,90 @@ class MagnitudeSpec(_Strict):
         return out + _repeats("targets", [_fmt(t) for t in self.targets])
 
 
+MULTITASK_METHODS = ("linear", "task_arithmetic", "ties", "dare", "tsv", "iso_c", "cart")
+"""Merge methods the multi-task study knows (with their coefficient: ``lambda`` or ``alpha``;
+``linear`` has none)."""
+MULTITASK_COEFFICIENTS = (0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
+MULTITASK_RANKS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
+
+
+def _fractions(name: str, values: Iterable[float]) -> list[Problem]:
+    bad = [v for v in values if not (math.isfinite(v) and 0 < v <= 1)]
+    if bad:
+        return [((name,), f"{_values(bad)} refused (allowed: fractions in (0, 1])")]
+    return []
+
+
+class MultitaskSpec(_Strict):
+    """The multi-task merging study: one pre-trained backbone fine-tuned per task (frozen
+    heads), the task backbones merged by each method; coefficients chosen on val."""
+
+    enabled: bool = False
+    tasks: list[str] | None = None
+    """Task dataset specs (None: every task of ``mergelab.data.multitask``)."""
+    arch: str = "cnn"
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    pretrain: dict[str, Any] = {}
+    """Pre-training settings (TrainSettings fields over the multi-task defaults)."""
+    finetune: dict[str, Any] = {}
+    """Fine-tuning settings, the same for every task."""
+    methods: list[str] = list(MULTITASK_METHODS)
+    coefficients: list[float] = list(MULTITASK_COEFFICIENTS)
+    """Grid of ``lambda`` / ``alpha`` values; the best mean val accuracy is chosen."""
+    params: dict[str, dict[str, Any]] = {}
+    """Extra merge parameters per method (e.g. ``{cart: {conv: true}}``)."""
+    ties_density: float = 0.2
+    dare_density: float = 0.1
+    cart_rank: float = 0.1
+    """CART's rank fraction in the method comparison."""
+    ranks: list[float] = list(MULTITASK_RANKS)
+    """CART rank fractions swept (empty: no sweep)."""
+    task_counts: list[int] | None = None
+    """Numbers of tasks merged in the task-count sweep (None: 2 .. all; []: no sweep); a
+    fixed seeded subset of the tasks per count."""
+    count_methods: list[str] = ["linear", "task_arithmetic", "ties", "cart"]
+
+    def _problems(self) -> list[Problem]:
+        out: list[Problem] = []
+        if self.tasks is not None:
+            if len(self.tasks) < 2:
+                out.append((("tasks",), "give null (every task) or at least two tasks"))
+            out += _repeats("tasks", self.tasks)
+        for name in ("methods", "count_methods"):
+            values = getattr(self, name)
+            unknown = [m for m in values if m not in MULTITASK_METHODS]
+            if unknown:
+                out.append(
+                    (
+                        (name,),
+                        f"{', '.join(unknown)} unknown (allowed: {', '.join(MULTITASK_METHODS)})",
+                    )
+                )
+            out += _repeats(name, values)
+        if not self.methods:
+            out.append((("methods",), "empty; give at least one method"))
+        if not self.coefficients:
+            out.append((("coefficients",), "empty; give at least one coefficient"))
+        bad = [c for c in self.coefficients if not (math.isfinite(c) and c > 0)]
+        if bad:
+            out.append((("coefficients",), f"{_values(bad)} refused (allowed: numbers > 0)"))
+        out += _repeats("coefficients", self.coefficients)
+        for name in ("ties_density", "dare_density", "cart_rank"):
+            out += _fractions(name, [getattr(self, name)])
+        out += _fractions("ranks", self.ranks) + _repeats("ranks", self.ranks)
+        stray = [m for m in self.params if m not in MULTITASK_METHODS]
+        if stray:
+            out.append((("params",), f"{', '.join(stray)}: no such method"))
+        if self.task_counts is not None:
+            n = len(self.tasks) if self.tasks is not None else None
+            bad_n = [k for k in self.task_counts if k < 2 or (n is not None and k > n)]
+            if bad_n:
+                top = n if n is not None else "the number of tasks"
+                out.append((("task_counts",), f"{_values(bad_n)} outside [2, {top}]"))
+            out += _repeats("task_counts", self.task_counts)
+        return out
+
+
 class StudyConfig(_Strict):
     """What ``mergelab study`` runs.
 
@@ -212,8 +296,8 @@ class StudyConfig(_Strict):
     """Names the default output folder (``mergelab-study-NAME``)."""
     split_seed: int = Field(0, ge=0, le=MAX_SEED)
     seeds: list[int] = [0]
-    datasets: list[str]
-    archs: list[str]
+    datasets: list[str] = []
+    archs: list[str] = []
     n_models: int = Field(10, le=MAX_MODELS)
     """Ingredients per setting (the most any soup averages)."""
     model_counts: list[int] = list(MODEL_COUNTS)
@@ -229,6 +313,7 @@ class StudyConfig(_Strict):
     cross_task: CrossTaskSpec = CrossTaskSpec()
     magnitude: MagnitudeSpec = MagnitudeSpec()
     weight_stats: bool = True
+    multitask: MultitaskSpec = MultitaskSpec()
     gpu_tflops: float = Field(60.0, gt=0)
     """Sustained training throughput assumed by ``--dry-run``'s GPU-hour estimate (dense
     FP16/BF16 TFLOP/s actually achieved, well below a data sheet's peak)."""
@@ -278,6 +363,8 @@ class StudyConfig(_Strict):
                 )
             )
         for name in ("datasets", "archs", "seeds"):
+            if name != "seeds" and self.multitask.enabled and not getattr(self, name):
+                continue  # a multi-task study alone: no ingredient sets
             if not getattr(self, name):
                 out.append(((name,), f"empty; give at least one {name[:-1]}"))
             out += _repeats(name, getattr(self, name))
@@ -325,7 +412,7 @@ class StudyConfig(_Strict):
         return list(spec.targets) or [(d, a) for d in self.datasets for a in self.archs]
 
 
-PRESETS = ("quick", "paper", "tiny")
+PRESETS = ("quick", "paper", "tiny", "multitask-quick")
 
 
 def preset_path(name: str) -> Path:

@@ -25,6 +25,7 @@ __all__ = [
     "INGREDIENTS",
     "MAGNITUDE",
     "MAGNITUDE_BATCHES",
+    "MULTITASK",
     "NUMBER_KEYS",
     "STUDIES",
     "TEMPLATES",
@@ -35,7 +36,9 @@ __all__ = [
 ]
 
 # Key and item columns that hold numbers (the others hold text).
-NUMBER_KEYS = frozenset({"n_models", "magnitude", "seed", "model", "batch", "class", "depth"})
+NUMBER_KEYS = frozenset(
+    {"n_models", "magnitude", "seed", "model", "batch", "class", "depth", "rank_fraction"}
+)
 
 
 @dataclass(eq=False)
@@ -211,5 +214,20 @@ TEMPLATES = register(
         item_methods=("classifier", "merged_two_models", "merged_halves", "grand_mean"),
         runner=f"{_S}.templates:run",
         recipes=f"{_S}.templates:recipes",
+    )
+)
+MULTITASK = register(
+    Study(
+        "multitask",
+        "Multi-task merging",
+        "One backbone pre-trained on a source task, fine-tuned once per task (each task's "
+        "head frozen), the task backbones merged by weight averaging, task arithmetic, "
+        "TIES, DARE, TSV-M, Iso-C and CART; each method's coefficient chosen on the tasks' "
+        "mean val accuracy, test accuracy reported per task with its frozen head. "
+        "Normalized accuracy: merged / the task's own fine-tuned backbone. 'sweep' tells "
+        "apart the method comparison ('methods'), CART's rank-fraction sweep ('rank') and "
+        "the number of tasks merged ('tasks', n_models = tasks merged).",
+        keys=("dataset", "arch", "seed", "sweep", "n_models", "rank_fraction"),
+        runner=f"{_S}.multitask:run",
     )
 )

@@ -1,0 +1,221 @@
+"""Multi-task merging: task backbones fine-tuned from one start, merged, frozen heads.
+
+The suite of :mod:`mergelab.train.multitask` (trained once, cached in the study's
+``runs/``): a pre-trained backbone and one fine-tuned backbone and frozen head per task.
+Each method merges the task backbones at every value of its coefficient grid (``lambda``
+or ``alpha``; weight averaging has none); the value with the best *mean val accuracy*
+over the merged tasks is chosen, and only then is the chosen merge scored on each task's
+*test* split with that task's head. Test numbers never take part in a choice.
+
+Rows (``study=multitask``, ``dataset`` = task, ``split=test``): ``accuracy`` and
+``normalized_accuracy`` (merged / the task's own fine-tuned backbone) per task, method
+and sweep:
+
+* ``sweep=methods``: every method on all tasks, with "Pretrained" (the pre-trained
+  backbone under each task's head) and "Individual" (each task's own backbone);
+* ``sweep=rank``: CART at each rank fraction of ``ranks`` (``rank_fraction``);
+* ``sweep=tasks``: ``count_methods`` merging a fixed seeded subset of ``n_models`` tasks.
+
+Free columns: ``coefficient`` (the chosen value; NaN for weight averaging), ``params``
+(the merge's parameters, JSON) and ``val_accuracy`` (the mean val accuracy that chose it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+import torch
+
+from mergelab.engine import merge_state_dicts
+from mergelab.studies.context import StudyContext
+from mergelab.studies.registry import MULTITASK
+from mergelab.train import multitask as mt
+
+__all__ = ["LABELS", "choose", "coefficient_name", "run"]
+
+LABELS = {
+    "linear": "Weight Averaging",
+    "task_arithmetic": "Task Arithmetic",
+    "ties": "TIES",
+    "dare": "DARE",
+    "tsv": "TSV-M",
+    "iso_c": "Iso-C",
+    "cart": "CART",
+}
+PRETRAINED = "Pretrained"
+INDIVIDUAL = "Individual"
+NO_RANK = float("nan")
+
+State = dict[str, torch.Tensor]
+
+
+def coefficient_name(method: str) -> str | None:
+    """The parameter a method's grid sweeps (None: weight averaging has none)."""
+    return None if method == "linear" else "alpha" if method in ("tsv", "iso_c") else "lambda"
+
+
+def choose(
+    grid: Sequence[float | None], mean_val: Any
+) -> tuple[float | None, float, list[tuple[float | None, float]]]:
+    """The grid value with the highest ``mean_val(value)`` (the first on a tie), its
+    score, and every (value, score)."""
+    scored = [(v, float(mean_val(v))) for v in grid]
+    best = max(range(len(scored)), key=lambda i: (scored[i][1], -i))
+    return scored[best][0], scored[best][1], scored
+
+
+class _Merger:
+    """The suite in memory: merges, val selection and test scores, each made once."""
+
+    def __init__(self, ctx: StudyContext, suite: mt.MultitaskSuite) -> None:
+        self.ctx = ctx
+        self.spec = ctx.config.multitask
+        self.suite = suite
+        self.heads = suite.task_heads()
+        self.pretrained = suite.pretrained_state()
+        self.backbones = suite.backbone_states()
+        self.device = ctx.config.device or "cpu"
+        self._chosen: dict[tuple, dict[str, Any]] = {}
+
+    def evaluate(self, state: State, tasks: Sequence[str], split: str) -> dict[str, float]:
+        return mt.evaluate_multitask(
+            state, self.heads, list(tasks), split=split, device=self.device
+        )
+
+    def params(self, method: str, value: float | None, rank: float | None) -> dict[str, Any]:
+        params: dict[str, Any] = dict(self.spec.params.get(method, {}))
+        name = coefficient_name(method)
+        if name is not None and value is not None:
+            params[name] = value
+        if method == "cart" and rank is not None:
+            params["rank"] = rank
+        return params
+
+    def merge(self, method: str, tasks: Sequence[str], value: float | None, rank: float | None):
+        models = [self.backbones[t] for t in tasks]
+        params = self.params(method, value, rank)
+        density = {"ties": self.spec.ties_density, "dare": self.spec.dare_density}.get(method)
+        model_params = None if density is None else [{"density": density}] * len(models)
+        if method == "dare":
+            params.setdefault("seed", self.spec.seed)
+        base = None if method in ("linear", "cart") else self.pretrained
+        merged = merge_state_dicts(
+            method, models, base, params=params, model_params=model_params or None
+        )
+        shown = {**params, **({"density": density} if density is not None else {})}
+        return merged, shown
+
+    def chosen(self, method: str, tasks: Sequence[str], rank: float | None) -> dict[str, Any]:
+        """``method`` merging ``tasks``: the grid value best on mean val accuracy, and the
+        chosen merge's test accuracy per task."""
+        key = (method, tuple(tasks), rank)
+        if key in self._chosen:
+            return self._chosen[key]
+        grid: list[float | None] = (
+            [None] if coefficient_name(method) is None else list(self.spec.coefficients)
+        )
+        merged: dict[float | None, tuple[State, dict[str, Any]]] = {}
+
+        def mean_val(value: float | None) -> float:
+            merged[value] = self.merge(method, tasks, value, rank)
+            val = self.evaluate(merged[value][0], tasks, "val")
+            return sum(val.values()) / len(val)
+
+        value, score, _ = choose(grid, mean_val)
+        state, shown = merged[value]
+        test = self.evaluate(state, tasks, "test")
+        self._chosen[key] = {"value": value, "val": score, "params": shown, "test": test}
+        return self._chosen[key]
+
+
+def _row(
+    spec: Any, task: str, method: str, sweep: str, n: int, rank: float, metric: str, value: float
+) -> dict[str, Any]:
+    return {
+        "study": MULTITASK.name,
+        "dataset": task,
+        "arch": spec.arch,
+        "seed": spec.seed,
+        "sweep": sweep,
+        "n_models": n,
+        "rank_fraction": rank,
+        "method": method,
+        "magnitude": 1.0,
+        "split": "test",
+        "metric": metric,
+        "value": float(value),
+    }
+
+
+def subsets(tasks: Sequence[str], counts: Sequence[int], seed: int) -> dict[int, list[str]]:
+    """A fixed seeded subset of ``k`` tasks per count ``k`` (all of them for k = len)."""
+    out = {}
+    for k in counts:
+        picked = set(random.Random(f"multitask/{seed}/{k}").sample(list(tasks), k))
+        out[k] = [t for t in tasks if t in picked]
+    return out
+
+
+def run(ctx: StudyContext) -> pd.DataFrame:
+    spec = ctx.config.multitask
+    if not spec.enabled:
+        return pd.DataFrame()
+    ctx.log(f"multi-task: training the {spec.arch} suite (cached in {ctx.runs_dir}/)")
+    suite = mt.train_multitask(
+        spec.tasks,
+        spec.arch,
+        ctx.out / "multitask",
+        spec.seed,
+        pretrain=spec.pretrain or None,
+        finetune=spec.finetune or None,
+        cache_dir=ctx.runs_dir,
+        workers=ctx.workers,
+        device=ctx.config.device or "cpu",
+        progress=False,
+        log=ctx.log,
+    )
+    m = _Merger(ctx, suite)
+    tasks = list(suite.tasks)
+    individual = {t: m.evaluate(m.backbones[t], [t], "test")[t] for t in tasks}
+    rows: list[dict[str, Any]] = []
+
+    def add(result: dict[str, Any], method: str, sweep: str, n: int, rank: float) -> None:
+        for task, acc in result["test"].items():
+            norm = acc / individual[task] if individual[task] > 0 else math.nan
+            extra = {
+                "coefficient": math.nan if result["value"] is None else result["value"],
+                "params": json.dumps(result["params"], sort_keys=True),
+                "val_accuracy": result["val"],
+            }
+            for metric, v in (("accuracy", acc), ("normalized_accuracy", norm)):
+                rows.append({**_row(spec, task, method, sweep, n, rank, metric, v), **extra})
+
+    n_all = len(tasks)
+    own = {"test": individual, "value": None, "params": {}, "val": math.nan}
+    add(own, INDIVIDUAL, "methods", n_all, NO_RANK)
+    pre = {"test": m.evaluate(m.pretrained, tasks, "test"), "value": None, "params": {}}
+    add({**pre, "val": math.nan}, PRETRAINED, "methods", n_all, NO_RANK)
+    for method in spec.methods:
+        rank = spec.cart_rank if method == "cart" else None
+        result = m.chosen(method, tasks, rank)
+        ctx.log(
+            f"multi-task: {LABELS[method]} on {n_all} tasks: chosen {result['params']} "
+            f"(mean val {result['val']:.3f})"
+        )
+        add(result, LABELS[method], "methods", n_all, NO_RANK)
+    for r in spec.ranks:
+        result = m.chosen("cart", tasks, r)
+        ctx.log(f"multi-task: CART rank {r:g}: mean val {result['val']:.3f}")
+        add(result, LABELS["cart"], "rank", n_all, r)
+    counts = spec.task_counts if spec.task_counts is not None else list(range(2, n_all + 1))
+    for k, subset in subsets(tasks, [k for k in counts if k <= n_all], spec.seed).items():
+        for method in spec.count_methods:
+            rank = spec.cart_rank if method == "cart" else None
+            add(m.chosen(method, subset, rank), LABELS[method], "tasks", k, NO_RANK)
+        ctx.log(f"multi-task: {k} tasks merged ({', '.join(subset)})")
+    return pd.DataFrame(rows)
