@@ -195,3 +195,26 @@ def test_validator_names_the_key(tmp_path, field, value, named) -> None:
         load_config(path)
     message = str(err.value)
     assert named in message and "\n" not in message
+
+
+@pytest.mark.parametrize(("peak", "verdict"), [(0.2, "reproduced"), (0.5, "contradicted")])
+def test_rank_claim_can_be_contradicted_and_reproduced(peak: float, verdict: str) -> None:
+    rows = [
+        {
+            "study": "multitask",
+            "dataset": f"t{i}",
+            "arch": "cnn",
+            "seed": 0,
+            "sweep": "rank",
+            "n_models": 7,
+            "rank_fraction": rank,
+            "method": "CART",
+            "split": "test",
+            "metric": "normalized_accuracy",
+            "value": (0.9 if rank == peak else 0.7) + 0.001 * i,
+        }
+        for rank in (0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
+        for i in range(7)
+    ]
+    spec = next(c for c in CLAIMS if c.key == "multitask_cart_rank")
+    assert spec(pd.DataFrame(rows)).verdict == verdict
