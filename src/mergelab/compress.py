@@ -15,13 +15,15 @@ CART (Choi et al. 2024, arXiv:2412.12153) observes that the centred task vectors
 Expanding task t gives ``theta_avg + U_k S_k V_k^T`` on the low-rank tensors (Frobenius
 error = sqrt(sum_{j>k} s_j^2) of d_t, up to rounding to the storage dtype) and the exact
 tensor everywhere else. Every file is staged and moved into place together, the average
-(holding the manifest) last.
+(holding the manifest) last. Compression streams: each tensor's results go to scratch files
+in the staging folder as soon as they are computed, so memory is one tensor's work.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +34,7 @@ import numpy as np
 from mergelab import __version__
 from mergelab.errors import MergeError
 from mergelab.io.checkpoint import Checkpoint, TensorInfo
-from mergelab.io.dtypes import from_compute, is_float, to_compute
+from mergelab.io.dtypes import STORAGE, from_compute, is_float, to_compute
 from mergelab.io.open import open_checkpoint
 from mergelab.io.output import Output
 from mergelab.io.writer import SafetensorsWriter
@@ -49,7 +51,6 @@ FORMAT = 1
 AVERAGE_FILE = "average.safetensors"
 MANIFEST_KEY = "mergelab.compressed"
 US, VT = ":us", ":vt"
-Stored = tuple[TensorInfo, np.ndarray]  # header facts and raw values in the storage dtype
 
 
 def task_file(index: int) -> str:
@@ -151,8 +152,10 @@ def compress(
 
     ``base`` is optional: CART's centre is the models' average, so the base is not stored;
     when given it is checked against the models and the reported error is relative to each
-    task vector theta_t - theta_base. Memory: one tensor of every model at a time, plus the
-    factors of every task (written at the end).
+    task vector theta_t - theta_base. Memory: one tensor of every model at a time and its
+    SVDs; results go to scratch files in the staging folder as they are computed (the files'
+    headers, manifest included, are known only at the end), so disk I/O of the output is
+    doubled but memory does not grow with the model.
     """
     options = options or CompressOptions()
     options.check()
@@ -188,20 +191,25 @@ def _compress(
     base_path: str | Path | None,
 ) -> CompressSummary:
     n = len(ckpts)
-    tasks: list[dict[str, Stored]] = [{} for _ in range(n)]
     errors = np.zeros(n)  # squared Frobenius error of each rebuilt task
     norms = np.zeros(n)  # squared norm of the reference task vectors
     layout: dict[str, Any] = {}
     infos = list(ckpts[0].infos.values())
+    spills: list[_Spill] = []
     staged = False
     try:
         target.open()
         staged = True
-        averages: dict[str, Stored] = {}
+        # Results go to scratch files in the staging folder as soon as each tensor is done:
+        # the files' headers (which tensors differ, energy ranks, the manifest) are known
+        # only at the end, and nothing but one tensor's work is held in memory meanwhile.
+        tasks = [_Spill(target.path(f".{task_file(i + 1)}.part")) for i in range(n)]
+        averages = _Spill(target.path(f".{AVERAGE_FILE}.part"))
+        spills = [*tasks, averages]
         for info in infos:
             entry, average = _compress_tensor(info, ckpts, base, options, tasks, errors, norms)
             layout[info.name] = entry
-            averages[info.name] = (info, average)
+            averages.add(info, average)
         manifest = {
             "format": FORMAT,
             "mergelab": __version__,
@@ -213,11 +221,15 @@ def _compress(
             "options": options.__dict__,
             "tensors": layout,
         }
-        for i, arrays in enumerate(tasks):
-            _write(target.path(task_file(i + 1)), arrays, {"mergelab.compressed_task": str(i + 1)})
-        _write(target.path(AVERAGE_FILE), averages, {MANIFEST_KEY: json.dumps(manifest)})
+        for i, spill in enumerate(tasks):
+            spill.copy_to(target.path(task_file(i + 1)), {"mergelab.compressed_task": str(i + 1)})
+        averages.copy_to(target.path(AVERAGE_FILE), {MANIFEST_KEY: json.dumps(manifest)})
+        for spill in spills:
+            spill.close()
         target.commit()
     except BaseException:
+        for spill in spills:
+            spill.close()
         if staged:
             target.abort()
         raise
@@ -242,11 +254,12 @@ def _compress_tensor(
     ckpts: list[Checkpoint],
     base: Checkpoint | None,
     options: CompressOptions,
-    tasks: list[dict[str, np.ndarray]],
+    tasks: list[_Spill],
     errors: np.ndarray,
     norms: np.ndarray,
 ) -> tuple[dict[str, Any], np.ndarray]:
-    """One tensor: its stored average, what each task keeps, and the manifest entry."""
+    """One tensor: its stored average, what each task keeps (added to its spill), and the
+    manifest entry."""
     name, n = info.name, len(ckpts)
     entry: dict[str, Any] = {"shape": list(info.shape), "dtype": info.dtype}
     if not is_float(info.dtype):
@@ -256,7 +269,7 @@ def _compress_tensor(
         for t, ckpt in enumerate(ckpts):
             value = first if t == 0 else ckpt.read(name)
             if t and not np.array_equal(value, first):
-                tasks[t][name] = (info, value)
+                tasks[t].add(info, value)
                 entry["stored"].append(t + 1)
         return entry, first
     dtype = np.dtype(np.float64) if info.dtype == "F64" else np.dtype(np.float32)
@@ -277,9 +290,15 @@ def _compress_tensor(
         for t, ckpt in enumerate(ckpts):
             raw = ckpt.read(name)
             if not np.array_equal(raw, stored_average):
-                tasks[t][name] = (info, raw)
+                tasks[t].add(info, raw)
                 entry["stored"].append(t + 1)
         return entry, stored_average
+    for suffix in (US, VT):
+        if name + suffix in ckpts[0].infos:
+            raise MergeError(
+                f"tensor {name!r}: the factor name {name + suffix!r} is taken by another "
+                f"tensor of the model"
+            )
     m, k_cols = shape
     r = min(m, k_cols)
     cap = rank_for(r, options.rank)
@@ -312,28 +331,56 @@ def _compress_tensor(
         to_compute(rebuilt, info.dtype, back)
         miss = stack[t].reshape(-1) - back
         errors[t] += float(np.vdot(miss, miss))
-        for suffix in (US, VT):
-            if name + suffix in ckpts[0].infos:
-                raise MergeError(
-                    f"tensor {name!r}: the factor name {name + suffix!r} is taken by another "
-                    f"tensor of the model"
-                )
-        tasks[t][name + US] = (TensorInfo(name + US, u.shape, info.dtype), us)
-        tasks[t][name + VT] = (TensorInfo(name + VT, vt.shape, info.dtype), vt_stored)
+        tasks[t].add(TensorInfo(name + US, u.shape, info.dtype), us)
+        tasks[t].add(TensorInfo(name + VT, vt.shape, info.dtype), vt_stored)
         entry["ranks"].append(int(s.size))
     return entry, stored_average
 
 
-def _write(path: Path, arrays: dict[str, Stored], metadata: dict[str, str]) -> None:
-    """One safetensors file of raw (storage-dtype) arrays, written atomically."""
-    writer = SafetensorsWriter(path, [info for info, _ in arrays.values()], metadata=metadata)
-    try:
-        for name, (_, raw) in arrays.items():
-            writer.write(name, 0, raw.reshape(-1))
-    except BaseException:
-        writer.abort()
-        raise
-    writer.close()
+class _Spill:
+    """Raw arrays (in their storage dtype) appended to a scratch file, then copied, a block
+    at a time, into a safetensors file once its header is known: memory stays at one block
+    whatever the file's size."""
+
+    BLOCK_BYTES = 16 * 1024**2
+
+    def __init__(self, path: Path) -> None:
+        self.file = open(path, "w+b")  # noqa: SIM115 - closed by close(), after copy_to
+        self.entries: dict[str, tuple[TensorInfo, int]] = {}
+        self.size = 0
+
+    def add(self, info: TensorInfo, raw: np.ndarray) -> None:
+        data = memoryview(np.ascontiguousarray(raw).reshape(-1)).cast("B")
+        self.file.write(data)
+        self.entries[info.name] = (info, self.size)
+        self.size += data.nbytes
+
+    def copy_to(self, path: Path, metadata: dict[str, str]) -> None:
+        """Write the safetensors file ``path`` (atomically) from the scratch file."""
+        self.file.flush()
+        fd = self.file.fileno()
+        writer = SafetensorsWriter(
+            path, [info for info, _ in self.entries.values()], metadata=metadata
+        )
+        try:
+            for name, (info, offset) in self.entries.items():
+                dtype = STORAGE[info.dtype]
+                step = max(1, self.BLOCK_BYTES // dtype.itemsize)
+                for start in range(0, info.numel, step):
+                    count = min(step, info.numel - start)
+                    block = np.empty(count, dtype=dtype)
+                    view = memoryview(block).cast("B")
+                    got = os.preadv(fd, [view], offset + start * dtype.itemsize)
+                    if got != view.nbytes:
+                        raise MergeError(f"{self.file.name}: scratch file ended early")
+                    writer.write(name, start, block)
+        except BaseException:
+            writer.abort()
+            raise
+        writer.close()
+
+    def close(self) -> None:
+        self.file.close()
 
 
 def _as_compute(raw: np.ndarray, stored: str, dtype: np.dtype) -> np.ndarray:

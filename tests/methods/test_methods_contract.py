@@ -125,12 +125,12 @@ def test_workspace_is_a_count_of_bytes_and_the_dry_run_adds_it(method, monkeypat
     base = state(0)
     models = [ArrayCheckpoint(finetune(base, 1 + i), f"model {i + 1}") for i in range(n)]
     plan = build_plan(method, models, ArrayCheckpoint(base, "base") if has_base else None)
-    for shape in SHAPES.values():
-        own = plan.method.workspace_bytes(shape, n, 4)
+    for name, shape in SHAPES.items():
+        own = plan.method.workspace_bytes(name, shape, n, 4)
         assert isinstance(own, int) and own >= 0, shape
     declared = plan.peak_bytes_estimate()
-    monkeypatch.setattr(cls, "workspace_bytes", lambda self, shape, n_models, itemsize: 0)
+    monkeypatch.setattr(cls, "workspace_bytes", lambda self, name, shape, n_models, itemsize: 0)
     engine_only = plan.peak_bytes_estimate()
     assert declared >= engine_only > 0
-    monkeypatch.setattr(cls, "workspace_bytes", lambda self, shape, n_models, itemsize: 10**9)
+    monkeypatch.setattr(cls, "workspace_bytes", lambda self, name, shape, n_models, itemsize: 10**9)
     assert plan.peak_bytes_estimate() == engine_only + 10**9  # the same for every tensor

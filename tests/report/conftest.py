@@ -330,7 +330,7 @@ def multitask(b: Builder) -> Builder:
     tasks = [f"mt-task{i}" for i in range(7)]
     means = {"Individual": 1.0, "Weight Averaging": 0.66, "Task Arithmetic": 0.71}
     means |= {"TIES": 0.76, "CART": 0.84}
-    common = {"arch": "cnn", "seed": 0, "n_models": 7, "outcome": False}
+    common = {"arch": "cnn", "seed": 0, "n_models": 7}
     for i, task in enumerate(tasks):
         jitter = 0.002 * i
         for method, v in means.items():
@@ -346,16 +346,17 @@ def multitask(b: Builder) -> Builder:
                     **common,
                 )
         for rank, v in ((0.02, 0.7), (0.05, 0.78), (0.1, 0.83), (0.2, 0.85), (0.5, 0.75)):
-            b.add(
-                "multitask",
-                "CART",
-                v + jitter,
-                dataset=task,
-                sweep="rank",
-                rank_fraction=rank,
-                metric="normalized_accuracy",
-                **common,
-            )
+            for metric in ("accuracy", "normalized_accuracy"):
+                b.add(
+                    "multitask",
+                    "CART",
+                    v * 0.9 + jitter if metric == "accuracy" else v + jitter,
+                    dataset=task,
+                    sweep="rank",
+                    rank_fraction=rank,
+                    metric=metric,
+                    **common,
+                )
     return b
 
 

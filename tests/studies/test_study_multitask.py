@@ -4,7 +4,9 @@ test rows per task, its table, figure and claims."""
 from __future__ import annotations
 
 import math
+import zlib
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -90,37 +92,80 @@ def test_table_figure_and_claims(out, tmp_path) -> None:
     assert fig_multitask(results, tmp_path)[0].is_file()
     claims = evaluate_claims(results, [c for c in CLAIMS if c.key.startswith("multitask")])
     assert [c.key for c in claims] == ["multitask_method_ranking", "multitask_cart_rank"]
-    for c in claims:  # 3 tasks < MIN_ITEMS: no interval, never "reproduced" by chance
+    for c in claims:  # each task's test examples are resampled: every condition has an interval
         assert c.verdict in ("reproduced", "contradicted", "inconclusive")
-        assert c.verdict == "inconclusive"
+        assert all(m.interval is not None for m in c.conditions)
 
 
-def test_claims_can_be_contradicted_and_reproduced() -> None:
-    tasks = [f"t{i}" for i in range(7)]
-    base = {"Weight Averaging": 0.6, "Task Arithmetic": 0.7, "TIES": 0.8, "CART": 0.9}
-    rows = []
-    for flip in (False, True):
-        for m, v in base.items():
-            for i, t in enumerate(tasks):
-                value = (1.5 - v if flip else v) + 0.001 * i
-                rows.append(
-                    {
-                        "study": "multitask",
-                        "dataset": t,
-                        "arch": "cnn" if not flip else "mlp",
-                        "seed": 0,
-                        "sweep": "methods",
-                        "n_models": 7,
-                        "method": m,
-                        "split": "test",
-                        "metric": "normalized_accuracy",
-                        "value": value,
-                    }
-                )
-    df = pd.DataFrame(rows)
-    spec = next(c for c in CLAIMS if c.key == "multitask_method_ranking")
-    assert spec(df[df["arch"] == "cnn"]).verdict == "reproduced"
-    assert spec(df[df["arch"] == "mlp"]).verdict == "contradicted"
+def _outcomes(accuracy: float, n: int, salt: str) -> np.ndarray:
+    """A 0/1 vector of ``n`` examples with exactly ``round(accuracy * n)`` right answers,
+    spread over the examples by a seeded shuffle."""
+    right = round(accuracy * n)
+    rng = np.random.default_rng(zlib.crc32(salt.encode()))
+    return rng.permutation(np.array([1] * right + [0] * (n - right), dtype=np.uint8))
+
+
+def _results(cells: dict[tuple[str, str, float | None, str], np.ndarray]) -> Results:
+    """Accuracy rows with outcome vectors, keyed (method, sweep, rank, task)."""
+    rows, outcomes = [], {}
+    for i, ((method, sweep, rank, task), vec) in enumerate(cells.items()):
+        key = f"o{i}"
+        outcomes[key] = vec
+        rows.append(
+            {
+                "study": "multitask",
+                "dataset": task,
+                "arch": "cnn",
+                "seed": 0,
+                "sweep": sweep,
+                "n_models": 7,
+                "rank_fraction": math.nan if rank is None else rank,
+                "method": method,
+                "split": "test",
+                "metric": "accuracy",
+                "value": float(vec.mean()),
+                "outcome": key,
+            }
+        )
+    return Results(pd.DataFrame(rows), outcomes)
+
+
+TASK_NAMES = [f"t{i}" for i in range(7)]
+
+
+@pytest.mark.parametrize(
+    ("accuracy", "n", "verdict"),
+    [
+        (
+            {"Weight Averaging": 0.6, "Task Arithmetic": 0.7, "TIES": 0.8, "CART": 0.9},
+            400,
+            "reproduced",
+        ),
+        (
+            {"Weight Averaging": 0.9, "Task Arithmetic": 0.8, "TIES": 0.7, "CART": 0.6},
+            400,
+            "contradicted",
+        ),
+        (
+            {"Weight Averaging": 0.80, "Task Arithmetic": 0.81, "TIES": 0.82, "CART": 0.83},
+            60,
+            "inconclusive",
+        ),
+    ],
+)
+def test_ranking_claim_reads_per_example_outcomes(accuracy, n, verdict) -> None:
+    """Per task, the merged and individual outcome vectors; the claim pools the tasks'
+    normalized contrasts, each task's examples resampled."""
+    cells = {}
+    for task in TASK_NAMES:
+        cells[("Individual", "methods", None, task)] = _outcomes(0.95, n, f"ind/{task}")
+        for m, acc in accuracy.items():
+            cells[(m, "methods", None, task)] = _outcomes(acc, n, f"{m}/{task}")
+    claim = next(c for c in CLAIMS if c.key == "multitask_method_ranking")(_results(cells))
+    assert claim.verdict == verdict
+    right = {m: round(a * n) for m, a in accuracy.items()}
+    expected = 100 * (right["CART"] - right["TIES"]) / round(0.95 * n)
+    assert claim.conditions[0].estimate == pytest.approx(expected)
 
 
 def test_coefficient_is_chosen_on_val_never_on_test(out, monkeypatch) -> None:
@@ -132,16 +177,15 @@ def test_coefficient_is_chosen_on_val_never_on_test(out, monkeypatch) -> None:
         value = params.get("lambda", params.get("alpha"))
         return {"coef": torch.tensor(-1.0 if value is None else float(value))}
 
-    def fake_evaluate(state, heads, tasks=None, *, split="test", device="cpu"):
+    def fake_outcomes(state, heads, tasks=None, *, split="test", device="cpu"):
         c = float(state["coef"]) if "coef" in state else None
         calls.append((split, c))
-        if c is None or c < 0:
-            return dict.fromkeys(tasks, 0.5)
-        score = 1.0 - abs(c - 0.3) if split == "val" else c
-        return dict.fromkeys(tasks, score)
+        score = 0.5 if c is None or c < 0 else 1.0 - abs(c - 0.3) if split == "val" else c
+        right = round(score * 1000)
+        return {t: np.array([1] * right + [0] * (1000 - right), dtype=np.uint8) for t in tasks}
 
     monkeypatch.setattr(study, "merge_state_dicts", fake_merge)
-    monkeypatch.setattr(mt, "evaluate_multitask", fake_evaluate)
+    monkeypatch.setattr(mt, "multitask_outcomes", fake_outcomes)
     ctx = StudyContext(tiny_config(), out, progress=False)
     df = study.run(ctx)
     merged = df[~df["method"].isin(["Individual", "Pretrained", "Weight Averaging"])]
@@ -150,6 +194,45 @@ def test_coefficient_is_chosen_on_val_never_on_test(out, monkeypatch) -> None:
     assert acc.tolist() == pytest.approx([0.3] * len(acc))
     assert ("test", 1.0) not in calls and ("val", 1.0) in calls
     assert all(split == "val" for split, c in calls if c == 1.0)
+    # 0.3 is the smallest value of the grid [0.3, 1.0]: 0.15 was tried on val, and lost.
+    assert ("val", pytest.approx(0.15)) in calls and set(merged["grid_edge"]) == {""}
+    note = multitask_tables(Results(df, ctx.outcomes))[0].note
+    assert "Chosen coefficients: CART 0.3;" in note and "edge" not in note
+
+
+@pytest.mark.parametrize(
+    ("peak", "extend", "chosen", "edge"),
+    [(4.0, 2, 4.0, "top"), (4.0, 3, 4.0, ""), (2.0, 0, 1.0, "top"), (0.14, 2, 0.15, "")],
+)
+def test_grid_extends_past_its_edge_on_val(out, monkeypatch, peak, extend, chosen, edge) -> None:
+    """Val accuracy peaks at ``peak``; the grid is [0.3, 1.0], doubled or halved past its
+    edge up to ``extend`` times while val improves; the tables name a choice left at the
+    edge."""
+
+    def fake_merge(method, models, base=None, *, params=None, model_params=None):
+        params = params or {}
+        value = params.get("lambda", params.get("alpha"))
+        return {"coef": torch.tensor(-1.0 if value is None else float(value))}
+
+    def fake_outcomes(state, heads, tasks=None, *, split="test", device="cpu"):
+        c = float(state["coef"]) if "coef" in state else -1.0
+        score = 0.5 if c < 0 else 1.0 - abs(c - peak) / 10
+        right = round(score * 1000)
+        return {t: np.array([1] * right + [0] * (1000 - right), dtype=np.uint8) for t in tasks}
+
+    monkeypatch.setattr(study, "merge_state_dicts", fake_merge)
+    monkeypatch.setattr(mt, "multitask_outcomes", fake_outcomes)
+    config = tiny_config()
+    config = config.model_copy(
+        update={"multitask": config.multitask.model_copy(update={"extend_grid": extend})}
+    )
+    ctx = StudyContext(config, out, progress=False)
+    df = study.run(ctx)
+    merged = df[~df["method"].isin(["Individual", "Pretrained", "Weight Averaging"])]
+    assert set(merged["coefficient"]) == {chosen}
+    assert set(merged["grid_edge"]) == {edge}
+    note = multitask_tables(Results(df, ctx.outcomes))[0].note
+    assert ("At the edge of the grid (a wider grid might do better): CART" in note) == bool(edge)
 
 
 def test_choose_takes_the_best_and_the_first_on_ties() -> None:
@@ -197,24 +280,43 @@ def test_validator_names_the_key(tmp_path, field, value, named) -> None:
     assert named in message and "\n" not in message
 
 
+RANKS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
+
+
+def _rank_cells(accuracy_of) -> dict:
+    cells = {}
+    for task in TASK_NAMES:
+        cells[("Individual", "methods", None, task)] = _outcomes(0.95, 400, f"ind/{task}")
+        for rank in RANKS:
+            cells[("CART", "rank", rank, task)] = accuracy_of(rank, task)
+    return cells
+
+
 @pytest.mark.parametrize(("peak", "verdict"), [(0.2, "reproduced"), (0.5, "contradicted")])
 def test_rank_claim_can_be_contradicted_and_reproduced(peak: float, verdict: str) -> None:
-    rows = [
-        {
-            "study": "multitask",
-            "dataset": f"t{i}",
-            "arch": "cnn",
-            "seed": 0,
-            "sweep": "rank",
-            "n_models": 7,
-            "rank_fraction": rank,
-            "method": "CART",
-            "split": "test",
-            "metric": "normalized_accuracy",
-            "value": (0.9 if rank == peak else 0.7) + 0.001 * i,
-        }
-        for rank in (0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
-        for i in range(7)
-    ]
+    def accuracy_of(rank, task):
+        return _outcomes(0.9 if rank == peak else 0.7, 400, f"{rank}/{task}")
+
     spec = next(c for c in CLAIMS if c.key == "multitask_cart_rank")
-    assert spec(pd.DataFrame(rows)).verdict == verdict
+    assert spec(_results(_rank_cells(accuracy_of))).verdict == verdict
+
+
+def test_rank_claim_chooses_on_even_examples_and_compares_on_odd() -> None:
+    """Rank 0.2 is better than 0.5 on the even examples only: it is chosen, but the odd
+    examples, where both answer alike, cannot confirm it: no verdict either way."""
+    shared = {task: _outcomes(0.7, 400, f"shared/{task}") for task in TASK_NAMES}
+
+    def accuracy_of(rank, task):
+        vec = shared[task].copy()
+        if rank == 0.2:
+            vec[0::2] = 1  # better on the even examples only
+        elif rank != 0.5:
+            vec = _outcomes(0.3, 400, f"{rank}/{task}")
+        return vec
+
+    claim = next(c for c in CLAIMS if c.key == "multitask_cart_rank")(
+        _results(_rank_cells(accuracy_of))
+    )
+    assert "rank 0.2" in claim.conditions[0].label and "rank 0.5" in claim.conditions[0].label
+    assert claim.conditions[0].estimate == pytest.approx(0.0)
+    assert claim.verdict == "inconclusive"

@@ -178,3 +178,33 @@ def test_the_run_log_counts_distinct_runs_as_the_dry_run_does(tmp_path, monkeypa
         (ctx.runs_dir / f"{key}.safetensors").touch()
     line = log_line(StudyContext(config, ctx.out, workers=2))
     assert line.endswith(f"ingredients: all {runs} training runs cached ({len(recipes)} recipes)")
+
+
+def test_multitask_dry_run_counts_its_training_and_every_merge_pass() -> None:
+    """3 tasks, pre-training 30 steps and fine-tunes 15; 7 methods (linear: no grid, the
+    6 others 2 coefficients), 2 CART ranks, one 2-task subset merged by linear and cart."""
+    from mergelab.studies.config import StudyConfig
+
+    config = StudyConfig(
+        name="mt",
+        templates={"enabled": False},
+        magnitude={"enabled": False},
+        weight_stats=False,
+        multitask={
+            "enabled": True,
+            "tasks": ["mt-mnist", "mt-rotated", "mt-inverted"],
+            "arch": "mlp",
+            "pretrain": {"steps": 30},
+            "finetune": {"steps": 15},
+            "coefficients": [0.3, 1.0],
+            "ranks": [0.05, 0.2],
+            "task_counts": [2],
+            "count_methods": ["linear", "cart"],
+        },
+    )
+    t = plan_study(config).studies["multitask"]
+    assert (t.runs, t.steps) == (4, 30 + 3 * 15)
+    # A grid of 2, extended past its edge at most twice: 4 merges. Each task of all three:
+    # val 1 + 6 * 4 (methods) + 2 * 4 (ranks) = 33, test 7 + 2 + 2 (own and pre-trained
+    # backbones) = 11; each task of the pair: val 1 + 4, test 2.
+    assert (t.val_passes, t.test_passes) == (3 * 33 + 2 * 5, 3 * 11 + 2 * 2)

@@ -39,8 +39,12 @@ def open_recipe(recipe: Recipe) -> MergePlan:
     base_path = recipe.base_model
     entries = list(recipe.models)
     notes = []
-    if base_path is not None and method_class(recipe.merge_method).base_policy != "unused":
-        # As in mergekit, the base listed among the models is the base, not another input.
+    if base_path is not None and method_class(recipe.merge_method).base_policy in (
+        "required",
+        "optional",
+    ):
+        # As in mergekit, the base listed among the models is the base, not another input
+        # (where the method reads a base: an ignored one leaves the models as listed).
         same = [e for e in entries if Path(e.model).resolve() == Path(base_path).resolve()]
         if same:
             entries = [e for e in entries if e not in same]
@@ -62,6 +66,8 @@ def open_recipe(recipe: Recipe) -> MergePlan:
         recipe=recipe,
     )
     plan.notes += notes
+    if base is not None and plan.base is None:
+        base.close()  # the method ignores the base: its header was checked, nothing more
     return plan
 
 
@@ -121,6 +127,7 @@ def merge(
     try:
         record, metadata = _record(plan)
         header = "".join(f"# {k} {v}\n" for k, v in versions().items())
+        header += "".join(f"# note: {n}\n" for n in plan.notes)
         yaml_name = _recipe_name(out)
         out = Path(out)
         infos = [TensorInfo(t.name, t.shape, t.out_dtype) for t in plan.tensors]

@@ -53,6 +53,9 @@ class MergePlan:
     tensors: list[TensorPlan]
     recipe: Recipe | None = None
     notes: list[str] = field(default_factory=list)
+    ignored_base: str | None = None
+    """Label of a base given to a method whose result does not depend on it (base policy
+    ``ignored``): checked against the models' headers, never read, not in ``inputs``."""
 
     @property
     def inputs(self) -> list[Checkpoint]:
@@ -96,7 +99,7 @@ class MergePlan:
         else:
             peak = size * (2 * n_in + 3)
             shape = t.shape
-        return peak + method.workspace_bytes(shape, len(self.models), itemsize)
+        return peak + method.workspace_bytes(t.name, shape, len(self.models), itemsize)
 
     def describe(self, verbose: bool = False) -> str:
         """The dry-run report: what would be read, computed and written."""
@@ -109,6 +112,8 @@ class MergePlan:
             lines.append(f"model       {ckpt.label}  {p.model_dump(exclude_none=True)}")
         if self.base is not None:
             lines.append(f"base        {self.base.label}")
+        if self.ignored_base is not None:
+            lines.append(f"base        {self.ignored_base} (accepted, not read)")
         merged = sum(t.merged for t in self.tensors)
         lines += [
             f"tensors     {len(self.tensors)} ({merged} merged, {len(self.tensors) - merged} "
@@ -279,12 +284,15 @@ def build_plan(
             f"{method_name}: does not use a base model; list {base.label} under the models "
             f"to include it"
         )
+    ignored_base = base if method.base_policy == "ignored" else None
     try:
         method.check_counts(len(models), base is not None)
         out_dtype = parse_dtype(dtype) if dtype is not None else None
     except ValueError as exc:
         raise MergeError(str(exc) if dtype is None else f"--dtype: {exc}") from None
-    check_inputs(models, base)
+    check_inputs(models, base)  # an ignored base too: a mismatched one is a wrong file
+    if ignored_base is not None:
+        base = None  # never read: execution reads the base of a plan wherever there is one
     inputs = [*models, *([base] if base is not None else [])]
     if not inputs[0].infos:
         raise MergeError(f"{inputs[0].label}: holds no tensors; nothing to merge")
@@ -316,4 +324,11 @@ def build_plan(
             + "; ".join(mixed[:3])
             + more
         )
-    return MergePlan(method, list(models), base, tensors, recipe)
+    plan = MergePlan(method, list(models), base, tensors, recipe)
+    if ignored_base is not None:
+        plan.ignored_base = ignored_base.label
+        plan.notes.append(
+            f"base {ignored_base.label} is accepted but does not change the result, so its "
+            f"tensors are not read ({method.name}: {method.base_ignored_reason})"
+        )
+    return plan

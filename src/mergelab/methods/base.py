@@ -31,7 +31,10 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-BasePolicy = Literal["required", "optional", "unused"]
+BasePolicy = Literal["required", "optional", "unused", "ignored"]
+"""Whether a method takes a base model. ``ignored``: a base is accepted (a command written
+for task-vector methods works unchanged) and checked against the models' headers, but never
+read, because it cancels out of the result; ``base_ignored_reason`` says why."""
 
 
 class MethodParams(BaseModel):
@@ -105,6 +108,8 @@ class MergeMethod(ABC):
     Params: ClassVar[type[MethodParams]] = MethodParams
     PerModel: ClassVar[type[ModelParams]] = ModelParams
     base_policy: ClassVar[BasePolicy] = "unused"
+    base_ignored_reason: ClassVar[str] = ""
+    """Why a base cannot change the result, where ``base_policy`` is ``ignored``."""
     min_models: ClassVar[int] = 1
     max_models: ClassVar[int | None] = None
     elementwise: ClassVar[bool] = True
@@ -148,12 +153,15 @@ class MergeMethod(ABC):
         """The part of the model statistics that one tensor needs."""
         return stats
 
-    def workspace_bytes(self, shape: tuple[int, ...], n_models: int, itemsize: int) -> int:
-        """Memory the method allocates for one parameter of ``shape`` beyond the inputs it
-        is given and the output it returns (factors of an SVD, say): the dry run adds the
-        largest over the parameters to its peak-memory estimate. ``itemsize``: bytes per
-        value of the compute dtype. Elementwise methods count per chunk (``shape`` is then
-        the chunk's, flat)."""
+    def workspace_bytes(
+        self, name: str, shape: tuple[int, ...], n_models: int, itemsize: int
+    ) -> int:
+        """Memory the method allocates for parameter ``name`` of ``shape`` beyond the inputs
+        it is given and the output it returns (factors of an SVD, say): the dry run adds the
+        largest over the parameters to its peak-memory estimate. The name matters where a
+        method treats parameters differently by name (SVD methods' low-rank scope).
+        ``itemsize``: bytes per value of the compute dtype. Elementwise methods count per
+        chunk (``shape`` is then the chunk's, flat)."""
         return 0
 
     @abstractmethod

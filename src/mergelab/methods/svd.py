@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import math
 import re
+from abc import abstractmethod
 from typing import Literal
 
 import numpy as np
@@ -236,13 +237,27 @@ class SvdMerge(MergeMethod):
     elementwise = False
     params: ScopeParams
 
-    def workspace_bytes(self, shape: tuple[int, ...], n_models: int, itemsize: int) -> int:
-        """SVD workspace for one parameter, counted as if it were in the low-rank scope (the
-        name is not known here): see :func:`svd_workspace`."""
-        if len(shape) == 2 or (self.params.conv and len(shape) >= 3):
-            m, n = shape[0], math.prod(shape[1:])
-            return svd_workspace(self.name, m, n, n_models, itemsize)
-        return 2 * math.prod(shape) * itemsize  # the mean and its scaled copy
+    def workspace_bytes(
+        self, name: str, shape: tuple[int, ...], n_models: int, itemsize: int
+    ) -> int:
+        """SVD workspace for a parameter in the low-rank scope (:meth:`_matrix_values`); one
+        outside it only takes the mean path (the mean and its scaled copy)."""
+        p = self.params
+        matrix = matrix_shape(name, tuple(shape), p.pattern, p.exclude, p.conv)
+        if matrix is None:
+            return 2 * math.prod(shape) * itemsize
+        return self._matrix_values(*matrix, n_models) * itemsize
+
+    @abstractmethod
+    def _matrix_values(self, m: int, n: int, n_models: int) -> int:
+        """Values allocated beyond the inputs for an m x n matrix in the low-rank scope."""
+
+    def _truncation_values(self, m: int, n: int, k: int) -> int:
+        """Workspace of one rank-k truncated SVD, with the solver ``svd`` selects."""
+        p = self.params
+        if isinstance(p, TruncationParams) and p.svd == "randomized":
+            return randomized_svd_values(m, n, k, p.oversample)
+        return full_svd_values(m, n)
 
     def _matrix(self, ctx: TensorContext) -> tuple[int, int] | None:
         p = self.params
@@ -282,15 +297,30 @@ class SvdMerge(MergeMethod):
 class Cart(SvdMerge):
     """CART (Choi et al. 2024, arXiv:2412.12153): theta = theta_avg + lambda * sum_t
     SVD_k(theta_t - theta_avg), k = rank * min(m, n) (or by ``energy``), on the low-rank
-    scope; every other tensor is theta_avg. No base model: the centre is the average. At
-    full rank the result is exactly the weight average, whatever lambda."""
+    scope; every other tensor is theta_avg. The centre is the average, so a base model is
+    accepted (as in the paper's ``--base`` examples) but never read: theta_t - theta_avg =
+    tau_t - tau_avg for any base. At full rank the result is exactly the weight average,
+    whatever lambda."""
 
     name = "cart"
     summary = "average plus low-rank centred task vectors (CART)"
     reference = "https://arxiv.org/abs/2412.12153"
     Params = CartParams
-    base_policy = "unused"
+    base_policy = "ignored"
+    base_ignored_reason = (
+        "CART centres at the models' average, and theta_t - theta_avg = tau_t - tau_avg "
+        "for any base"
+    )
     params: CartParams
+
+    def _matrix_values(self, m: int, n: int, n_models: int) -> int:
+        p = self.params
+        r = min(m, n)
+        cap = rank_for(r, p.rank)
+        if p.lambda_ == 0 or (cap >= r and p.energy is None):
+            return 2 * m * n  # the average, no SVD (see merge)
+        # The average, the update and the U S V^T product, plus one truncated SVD at a time.
+        return 3 * m * n + self._truncation_values(m, n, cap)
 
     def merge(self, tensors: np.ndarray, base: np.ndarray | None, ctx: TensorContext) -> np.ndarray:
         n = tensors.shape[0]
@@ -349,6 +379,17 @@ class Tsv(SvdMerge):
     identical_inputs_reason = "matrices become rank-min(m, n)/T truncations of the task vector"
     params: TsvParams
 
+    def _matrix_values(self, m: int, n: int, n_models: int) -> int:
+        p = self.params
+        r = min(m, n)
+        k = rank_for(r, p.rank) if p.rank is not None else max(1, r // n_models)
+        width = n_models * k  # columns of the concatenated U (rows of V^T)
+        # Every task's factors, their concatenation and the orthogonalised bases; the SVD
+        # that orthogonalises them; one truncated SVD at a time; the task vectors' product.
+        factors = 3 * width * (m + n)
+        orthogonalise = max(full_svd_values(m, width), full_svd_values(width, n))
+        return 2 * m * n + factors + orthogonalise + self._truncation_values(m, n, k)
+
     def merge(self, tensors: np.ndarray, base: np.ndarray | None, ctx: TensorContext) -> np.ndarray:
         assert base is not None
         n = tensors.shape[0]
@@ -393,6 +434,10 @@ class IsoC(SvdMerge):
     identical_inputs_reason = "each matrix's spectrum is flattened to its mean singular value"
     params: IsoCParams
 
+    def _matrix_values(self, m: int, n: int, n_models: int) -> int:
+        # The summed task vector, its full SVD, the product and a temporary.
+        return 3 * m * n + full_svd_values(m, n)
+
     def merge(self, tensors: np.ndarray, base: np.ndarray | None, ctx: TensorContext) -> np.ndarray:
         assert base is not None
         deltas = self._task_vectors(tensors, base)
@@ -428,6 +473,12 @@ class IsoCts(SvdMerge):
     identical_inputs_reason = "each matrix's spectrum is flattened to its mean singular value"
     params: IsoCtsParams
 
+    def _matrix_values(self, m: int, n: int, n_models: int) -> int:
+        # The sum's SVD and one residual's at a time, the residual, the kept factors and
+        # their orthogonalised copies (r columns in all), the product and temporaries.
+        r = min(m, n)
+        return 4 * m * n + 2 * full_svd_values(m, n) + 2 * r * (m + n)
+
     def merge(self, tensors: np.ndarray, base: np.ndarray | None, ctx: TensorContext) -> np.ndarray:
         assert base is not None
         n = tensors.shape[0]
@@ -462,17 +513,29 @@ class IsoCts(SvdMerge):
         return merged
 
 
-def svd_workspace(method: str, m: int, n: int, n_models: int, itemsize: int) -> int:
-    """Upper estimate of what a method allocates for an m x n matrix beyond its inputs: the
-    full SVD's copy of the matrix, its factors and LAPACK's gesdd workspace (~5 r^2), the
-    average or sum, the low-rank update and a product temporary; TSV and Iso-CTS also keep
-    every task's factors (about r (m + n) together) and orthogonalise them (one more SVD)."""
+def full_svd_values(m: int, n: int) -> int:
+    """Values ``numpy.linalg.svd(a, full_matrices=False)`` allocates for an m x n matrix:
+    LAPACK's copy of ``a``, U [m, r], S, V^T [r, n] and gesdd's workspace (~5 r^2)."""
     r = min(m, n)
-    one_svd = m * n + m * r + r * n + 5 * r * r + 8 * r
-    values = one_svd + 3 * m * n
-    if method in ("tsv", "iso_cts"):
-        values += r * (m + n) + one_svd + m * n
-    return values * itemsize
+    return m * n + m * r + r * n + 5 * r * r + 8 * r
+
+
+def randomized_svd_values(m: int, n: int, k: int, oversample: int) -> int:
+    """Values :func:`randomized_svd` allocates for the leading k triplets of an m x n
+    matrix (sketch width w = k + oversample; the full SVD's where it falls back to it):
+    the Gaussian sketch [short, w]; the range products and QR factors [long, w] (three
+    alive at once) and [short, w] (two); the projected [w, short] matrix and its SVD; the
+    returned factors and their transposed copies."""
+    r = min(m, n)
+    k = max(0, min(k, r))
+    width = min(k + oversample, r)
+    if k == 0:
+        return 0
+    if 2 * width >= r:
+        return full_svd_values(m, n)
+    long, short = max(m, n), min(m, n)
+    sketches = short * width + 3 * long * width + 2 * short * width
+    return sketches + full_svd_values(width, short) + 2 * k * (long + short)
 
 
 def common_split(r: int, n_tasks: int, fraction: float) -> tuple[int, int]:

@@ -1,4 +1,4 @@
-"""The findings of "Rethinking Weight-Averaged Model-merging", checked against our rows.
+"""The findings of the papers (``mergelab.studies.registry.PAPERS``), checked against our rows.
 
 Each :class:`ClaimSpec` reads the results (rows and per-example outcomes), builds the
 contrasts the finding is about (:mod:`mergelab.report.verdicts`), and comes back
@@ -51,6 +51,7 @@ from mergelab.studies.registry import (
     WEIGHT_STATS,
     WVF,
     Study,
+    papers_of,
 )
 
 __all__ = [
@@ -667,23 +668,55 @@ def _cross_task(results: Results) -> list[Condition] | str:
 CART_RANK_RANGE = (0.08, 0.30)  # the paper's best rank fractions
 
 
-def _task_units(
-    cond: Condition, rows: pd.DataFrame, first: str, second: str, column: str = "method"
-) -> Condition:
-    """Per arch: one unit whose items are the tasks, each ``first - second`` (normalized
-    accuracy; seeds are replicates); tasks missing either are left out."""
-    for arch, g in rows.groupby("arch", sort=True):
-        seeds = []
-        for _, gs in g.groupby("seed", sort=True, dropna=False):
-            w = gs.pivot_table(index="dataset", columns=column, values="value")
-            if first in w.columns and second in w.columns:
-                seeds.append((w[first] - w[second]).dropna().sort_index())
-        if not seeds or any(len(d) == 0 for d in seeds):
+def _normalized_cells(results: Results, rows: pd.DataFrame) -> dict[tuple, Any]:
+    """Per (arch, task, seed): each merge's test accuracy over the task's own fine-tuned
+    backbone ("Individual"), as (value, per-example vector or None). The vector is the
+    0/1 outcome vector divided by that constant, so its mean is the normalized accuracy
+    and a difference of two of them is a paired per-example contrast. Keyed inside by
+    (method, sweep, rank_fraction)."""
+    acc = rows[rows["metric"] == "accuracy"]
+    out: dict[tuple, Any] = {}
+    for (arch, task, seed), g in acc.groupby(["arch", "dataset", "seed"], sort=True, dropna=False):
+        own = g[(g["method"] == "Individual") & (g["sweep"] == "methods")]
+        if len(own) != 1 or not float(own["value"].iloc[0]) > 0:
             continue
-        common = sorted(set.intersection(*(set(d.index) for d in seeds)))
-        vecs = tuple(d.loc[common].to_numpy(float) for d in seeds)
-        unit = Unit(f"multitask/{arch}/tasks", vecs)
-        cond.add({"arch": arch, "tasks": len(common)}, unit, unit.estimate)
+        individual = float(own["value"].iloc[0])
+        cells = {}
+        for r in g.itertuples():
+            vec = results.vector(getattr(r, "outcome", ""))
+            vec = None if vec is None else np.asarray(vec, dtype=np.float64) / individual
+            rank = float(r.rank_fraction) if pd.notna(r.rank_fraction) else None
+            cells[(r.method, r.sweep, rank)] = (float(r.value) / individual, vec)
+        out[(arch, task, seed)] = cells
+    return out
+
+
+def _task_units(
+    cond: Condition,
+    cells: dict[tuple, Any],
+    first: tuple,
+    second: tuple,
+    half: int | None = None,
+) -> Condition:
+    """One unit per (arch, task): the normalized-accuracy contrast ``first - second``
+    (cell keys (method, sweep, rank)), per example where the outcome vectors exist (seeds
+    are replicates); ``half``: only the even (0) or odd (1) test examples. Pooling the
+    task units with equal weights gives the difference of average normalized accuracy."""
+    by_task: dict[tuple, list] = {}
+    for (arch, task, _seed), c in cells.items():
+        if first in c and second in c:
+            by_task.setdefault((arch, task), []).append((c[first], c[second]))
+    for (arch, task), pairs in sorted(by_task.items()):
+        vectors = [(a[1], b[1]) for a, b in pairs]
+        unit = None
+        estimate = float(np.mean([a[0] - b[0] for a, b in pairs]))
+        if all(va is not None and vb is not None for va, vb in vectors):
+            picked = slice(None) if half is None else slice(half, None, 2)
+            contrasts = tuple((va - vb)[picked] for va, vb in vectors)
+            suffix = "" if half is None else ("/even", "/odd")[half]
+            unit = Unit(f"multitask/{task}{suffix}", contrasts)
+            estimate = unit.estimate
+        cond.add({"arch": arch, "task": task}, unit, estimate)
     return cond
 
 
@@ -692,19 +725,25 @@ def _task_units(
     MULTITASK,
     "Merging the task backbones of one pre-trained model, CART > TIES > task arithmetic > "
     "weight averaging on average normalized test accuracy (merged / the task's own "
-    "fine-tuned backbone); coefficients chosen on val; tasks are the resampled items.",
+    "fine-tuned backbone); coefficients chosen on val; each task's test examples are "
+    "resampled.",
     "CART paper (ViT-B/32, 8 tasks): 84.7 > 72.4 > 69.1 > 65.9 normalized accuracy.",
 )
 def _multitask_ranking(results: Results) -> list[Condition] | str:
-    rows = results.select(MULTITASK, metric="normalized_accuracy", where={"sweep": "methods"})
+    rows = results.select(MULTITASK, metric="accuracy", where={"sweep": "methods"})
     if rows.empty:
         return "no multitask rows"
     chain = ("CART", "TIES", "Task Arithmetic", "Weight Averaging")
     missing = [m for m in chain if m not in set(rows["method"])]
     if missing:
         return f"methods not run: {', '.join(missing)}"
+    cells = _normalized_cells(results, rows)
+    if not cells:
+        return "no accuracy rows with the Individual baseline"
     return [
-        _task_units(Condition(f"{a} - {b}", "greater"), rows, a, b)
+        _task_units(
+            Condition(f"{a} - {b}", "greater"), cells, (a, "methods", None), (b, "methods", None)
+        )
         for a, b in itertools.pairwise(chain)
     ]
 
@@ -715,23 +754,39 @@ def _multitask_ranking(results: Results) -> list[Condition] | str:
     f"CART's best rank fraction lies between {CART_RANK_RANGE[0]:.0%} and "
     f"{CART_RANK_RANGE[1]:.0%}: the best swept rank inside that range beats the best "
     "outside it on average normalized test accuracy (coefficient chosen on val at every "
-    "rank; tasks are the resampled items).",
+    "rank). Both best ranks are chosen on the even test examples and compared on the odd "
+    "ones, so choosing them does not bias the comparison.",
     "CART paper: accuracy peaks at rank 8-30 % and falls at both ends.",
 )
 def _multitask_rank(results: Results) -> list[Condition] | str:
-    rows = results.select(MULTITASK, metric="normalized_accuracy", where={"sweep": "rank"})
-    if rows.empty:
+    rows = results.select(MULTITASK, metric="accuracy", where={"sweep": ("methods", "rank")})
+    sweep = rows[(rows["sweep"] == "rank") & (rows["metric"] == "accuracy")]
+    if sweep.empty:
         return "no CART rank sweep rows"
     low, high = CART_RANK_RANGE
-    inside = rows["rank_fraction"].between(low - 1e-9, high + 1e-9)
-    if inside.all() or not inside.any():
+    ranks = sorted(float(r) for r in sweep["rank_fraction"].dropna().unique())
+    inside = [r for r in ranks if low - 1e-9 <= r <= high + 1e-9]
+    outside = [r for r in ranks if r not in inside]
+    if not inside or not outside:
         return "the swept rank fractions lie all inside or all outside 8-30 %"
-    mean = rows.groupby("rank_fraction")["value"].mean()
-    best_in = mean[mean.index.isin(rows.loc[inside, "rank_fraction"])].idxmax()
-    best_out = mean[mean.index.isin(rows.loc[~inside, "rank_fraction"])].idxmax()
-    rows = rows.assign(which=rows["rank_fraction"].map({best_in: "inside", best_out: "outside"}))
+    cells = _normalized_cells(results, rows)
+    if not cells:
+        return "no accuracy rows with the Individual baseline"
+
+    def even_mean(rank: float) -> float:
+        """Mean over tasks (and seeds) of the normalized accuracy on the even examples
+        (all of them for rows without outcome vectors)."""
+        got = []
+        for c in cells.values():
+            value, vec = c.get(("CART", "rank", rank), (math.nan, None))
+            got.append(float(np.mean(vec[0::2])) if vec is not None else value)
+        return float(np.nanmean(got)) if got else math.nan
+
+    best_in = max(inside, key=even_mean)
+    best_out = max(outside, key=even_mean)
     label = f"best inside (rank {best_in:g}) - best outside (rank {best_out:g})"
-    return [_task_units(Condition(label, "greater"), rows, "inside", "outside", "which")]
+    first, second = ("CART", "rank", best_in), ("CART", "rank", best_out)
+    return [_task_units(Condition(label, "greater"), cells, first, second, half=1)]
 
 
 # -- templates ---------------------------------------------------------------------------
@@ -984,8 +1039,10 @@ def write_claims_md(
     claims: list[Claim], path: Path, sanity: list[Sanity] | None = None, note: str = ""
 ) -> Path:
     """Write ``claims.md``: the verdict table, the sanity checks, then each claim's details."""
+    measured = [c.study for c in claims if c.verdict != NOT_MEASURED]
+    papers = papers_of(measured or [c.study for c in claims])
     lines = [
-        '# Claims of "Rethinking Weight-Averaged Model-merging", checked here',
+        "# Claims of " + " and ".join(f'"{p}"' for p in papers) + ", checked here",
         "",
         "Each finding is measured from this run's results: the pooled effect with its 95 % "
         "paired bootstrap interval over test examples (and seeds), and how many settings "

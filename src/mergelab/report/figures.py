@@ -136,6 +136,16 @@ _METHOD_COLORS = {
     "merged_two_models": "#e6550d",
     "merged_halves": "#31a354",
     "grand_mean": "#969696",
+    # the multi-task study's merges (weight averaging shares the uniform soup's blue)
+    "Pretrained": "#c7c7c7",
+    "Weight Averaging": "#1f77b4",
+    "Task Arithmetic": "#9edae5",
+    "TIES": "#ff9896",
+    "DARE": "#8ca252",
+    "TSV-M": "#6b6ecf",
+    "Iso-C": "#bd9e39",
+    "Iso-CTS": "#a55194",
+    "CART": "#a50f15",
 }
 _EXTRA_COLORS = ("#637939", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354", "#756bb1")
 # Lines that are one experiment each: colour per (dataset, arch), dash per init, marker

@@ -34,11 +34,11 @@ from mergelab.report.figures import figures_by_study
 from mergelab.report.frames import Results
 from mergelab.report.tables import Table, study_tables
 from mergelab.results import OUTCOMES_FILE, write_outcomes
-from mergelab.studies.registry import STUDIES
+from mergelab.studies.registry import PAPERS, STUDIES, papers_of
 
 __all__ = ["read_results", "write_all", "write_report", "write_results"]
 
-DEFAULT_TITLE = "mergelab: Rethinking Weight-Averaged Model-merging, reproduced"
+DEFAULT_TITLE = "mergelab: the papers' findings, reproduced"
 
 _CSS = """
 body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:2em auto;
@@ -270,9 +270,12 @@ def write_report(
             'data. See <a href="#sanity">Sanity checks</a>.</p>'
         )
     parts += [
-        '<p>Reproduction of the findings of "Rethinking Weight-Averaged Model-merging" '
-        "(Wang et al.): weights as templates, weight averaging vs feature averaging, and "
-        "the role of weight magnitude.</p>",
+        "<p>Reproduction of the findings of "
+        + "; and of ".join(
+            f"&ldquo;{_e(p)}&rdquo;: {_e(PAPERS[p])}"
+            for p in papers_of(rows["study"].unique() if "study" in rows else []) or list(PAPERS)
+        )
+        + ".</p>",
         "<h3>What was run</h3>",
         _frame_html(Table("", summary, index=False))
         if not summary.empty

@@ -453,6 +453,37 @@ def multitask_frame(results: Results, metric: str, sweep: str = "methods") -> pd
     return wide.reset_index()
 
 
+EDGES = ("top", "bottom")
+
+
+def _chosen_note(results: Results, sweep: str, column: str | None = None) -> str:
+    """The coefficient each merge of ``sweep`` chose on val (per ``column`` value), and a
+    warning naming those chosen at the edge of the grid (a wider grid might do better)."""
+    df = results.select(MULTITASK, metric="accuracy", where={"sweep": sweep})
+    if df.empty or "coefficient" not in df:
+        return ""
+    df = df.dropna(subset=["coefficient"])
+    if "grid_edge" not in df:
+        df = df.assign(grid_edge="")
+    what = {"rank_fraction": "rank", "n_models": "tasks"}.get(column or "", column or "")
+    chosen, edges = [], []
+    for method, g in df.groupby("method", sort=True):
+        first = g.groupby(column, sort=True).first() if column else g.iloc[:1]
+        if column:
+            values = ", ".join(f"{r.coefficient:g} ({what} {k:g})" for k, r in first.iterrows())
+            edges += [
+                f"{method} ({what} {k:g})" for k, r in first.iterrows() if str(r.grid_edge) in EDGES
+            ]
+        else:
+            values = f"{first['coefficient'].iloc[0]:g}"
+            edges += [str(method)] if str(first["grid_edge"].iloc[0]) in EDGES else []
+        chosen.append(f"{method} {values}")
+    text = f"Chosen coefficients: {'; '.join(chosen)}." if chosen else ""
+    if edges:
+        text += f" At the edge of the grid (a wider grid might do better): {', '.join(edges)}."
+    return text
+
+
 @MULTITASK.table
 def multitask_tables(results: Results) -> list[Table]:
     out = []
@@ -475,7 +506,8 @@ def multitask_tables(results: Results) -> list[Table]:
         constant = constant_keys(w, ["arch", "seed"])
         note = (
             "Each method's coefficient chosen on the mean val accuracy of the tasks; test "
-            "numbers. Normalized: merged / the task's own fine-tuned backbone (Individual)."
+            "numbers. Normalized: merged / the task's own fine-tuned backbone (Individual). "
+            + _chosen_note(results, "methods")
         )
         out.append(Table(title + (f", {constant}" if constant else ""), frame * 100.0, note))
     for sweep, col, label in (
@@ -499,7 +531,8 @@ def multitask_tables(results: Results) -> list[Table]:
             Table(
                 f"Multi-task merging: average normalized accuracy (%) by {label}",
                 frame * 100.0,
-                "Mean over the merged tasks; coefficient chosen on val at every point.",
+                "Mean over the merged tasks; coefficient chosen on val at every point. "
+                + _chosen_note(results, sweep, col),
             )
         )
     return out

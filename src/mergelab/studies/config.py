@@ -213,20 +213,41 @@ def _fractions(name: str, values: Iterable[float]) -> list[Problem]:
 
 class MultitaskSpec(_Strict):
     """The multi-task merging study: one pre-trained backbone fine-tuned per task (frozen
-    heads), the task backbones merged by each method; coefficients chosen on val."""
+    heads), the task backbones merged by each method; coefficients chosen on val.
+
+    The suite is trained (``pretrain``, ``finetune``), or is the user's: ``pretrained``
+    and one full checkpoint per task (``checkpoints``), read and split into backbone and
+    head, nothing trained (``mergelab.train.user_suite``)."""
 
     enabled: bool = False
     tasks: list[str] | None = None
-    """Task dataset specs (None: every task of ``mergelab.data.multitask``)."""
+    """Task dataset specs (None: every task of ``mergelab.data.multitask``); with
+    ``checkpoints``, each task's val and test data, in the checkpoints' order."""
     arch: str = "cnn"
+    """The model of every task; with ``checkpoints``, the arch they were made with."""
     seed: int = Field(0, ge=0, le=MAX_SEED)
     pretrain: dict[str, Any] = {}
     """Pre-training settings (TrainSettings fields over the multi-task defaults)."""
     finetune: dict[str, Any] = {}
     """Fine-tuning settings, the same for every task."""
+    pretrained: str | None = None
+    """The user's pre-trained checkpoint, the start of every task's fine-tune (its head,
+    if any, is not used); only with ``checkpoints``."""
+    checkpoints: list[str] | None = None
+    """The user's fine-tuned models, one full model (backbone and head) per task, in the
+    order of ``tasks`` (None: the suite is trained). Paths as every path of the config:
+    relative to the working directory."""
+    in_chans: Literal[1, 3] | None = None
+    """Input channels of every model (None: read from the checkpoints; a trained suite: 1)."""
+    img_size: int | None = Field(None, ge=1, le=MAX_SIDE)
+    """Image side of every model (None: read from the checkpoints where their shapes fix
+    it, else the tasks' image size; a trained suite: 28)."""
     methods: list[str] = list(MULTITASK_METHODS)
     coefficients: list[float] = list(MULTITASK_COEFFICIENTS)
     """Grid of ``lambda`` / ``alpha`` values; the best mean val accuracy is chosen."""
+    extend_grid: int = Field(2, ge=0, le=10)
+    """When the best value is the grid's largest (smallest), try it doubled (halved), up to
+    this many times, while mean val accuracy improves (0: the grid only)."""
     params: dict[str, dict[str, Any]] = {}
     """Extra merge parameters per method (e.g. ``{cart: {conv: true}}``)."""
     ties_density: float = 0.2
@@ -246,6 +267,7 @@ class MultitaskSpec(_Strict):
             if len(self.tasks) < 2:
                 out.append((("tasks",), "give null (every task) or at least two tasks"))
             out += _repeats("tasks", self.tasks)
+        out += self._checkpoint_problems()
         for name in ("methods", "count_methods"):
             values = getattr(self, name)
             unknown = [m for m in values if m not in MULTITASK_METHODS]
@@ -278,6 +300,56 @@ class MultitaskSpec(_Strict):
                 top = n if n is not None else "the number of tasks"
                 out.append((("task_counts",), f"{_values(bad_n)} outside [2, {top}]"))
             out += _repeats("task_counts", self.task_counts)
+        return out
+
+    def _checkpoint_problems(self) -> list[Problem]:
+        """``pretrained`` and ``checkpoints`` go together, one checkpoint per task, and
+        exclude the training settings (nothing is trained from checkpoints)."""
+        if self.checkpoints is None:
+            if self.pretrained is not None:
+                return [
+                    (
+                        ("pretrained",),
+                        "given without checkpoints; give checkpoints (one fine-tuned model "
+                        "per task), or drop pretrained to train the suite",
+                    )
+                ]
+            return []
+        out: list[Problem] = []
+        if not self.pretrained:
+            out.append(
+                (
+                    ("pretrained",),
+                    "missing; checkpoints need the pre-trained checkpoint they were "
+                    "fine-tuned from (task vectors are taken from it)",
+                )
+            )
+        out += [(("checkpoints", i), "empty path") for i, p in enumerate(self.checkpoints) if not p]
+        if self.tasks is None:
+            out.append(
+                (
+                    ("tasks",),
+                    "null, but checkpoints are given; give each checkpoint's task dataset "
+                    "spec, in the same order",
+                )
+            )
+        elif len(self.checkpoints) != len(self.tasks):
+            out.append(
+                (
+                    ("checkpoints",),
+                    f"{len(self.checkpoints)} checkpoints for {len(self.tasks)} tasks "
+                    "(allowed: one per task, in the order of tasks)",
+                )
+            )
+        for name in ("pretrain", "finetune"):
+            if getattr(self, name):
+                out.append(
+                    (
+                        (name,),
+                        "a training setting, but nothing is trained from checkpoints "
+                        "(allowed: drop it, or drop checkpoints to train the suite)",
+                    )
+                )
         return out
 
 

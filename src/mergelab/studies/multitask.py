@@ -17,7 +17,10 @@ and sweep:
 * ``sweep=tasks``: ``count_methods`` merging a fixed seeded subset of ``n_models`` tasks.
 
 Free columns: ``coefficient`` (the chosen value; NaN for weight averaging), ``params``
-(the merge's parameters, JSON) and ``val_accuracy`` (the mean val accuracy that chose it).
+(the merge's parameters, JSON), ``val_accuracy`` (the mean val accuracy that chose it) and
+``grid_edge`` ("top" or "bottom" when the chosen value is the grid's largest or smallest:
+a wider grid might do better; the tables say so). Accuracy rows keep their per-example
+test outcomes (``outcome``), which the claims resample.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -82,10 +86,16 @@ class _Merger:
         self.device = ctx.config.device or "cpu"
         self._chosen: dict[tuple, dict[str, Any]] = {}
 
-    def evaluate(self, state: State, tasks: Sequence[str], split: str) -> dict[str, float]:
-        return mt.evaluate_multitask(
+    def outcomes(self, state: State, tasks: Sequence[str], split: str) -> dict[str, np.ndarray]:
+        """Per task, the 0/1 vector of ``state``'s right answers on ``split``."""
+        return mt.multitask_outcomes(
             state, self.heads, list(tasks), split=split, device=self.device
         )
+
+    def mean_accuracy(self, state: State, tasks: Sequence[str], split: str) -> float:
+        """Accuracy averaged over ``tasks`` (each task weighs the same)."""
+        outcomes = self.outcomes(state, tasks, split)
+        return float(np.mean([float(np.mean(o)) for o in outcomes.values()]))
 
     def params(self, method: str, value: float | None, rank: float | None) -> dict[str, Any]:
         params: dict[str, Any] = dict(self.spec.params.get(method, {}))
@@ -110,9 +120,27 @@ class _Merger:
         shown = {**params, **({"density": density} if density is not None else {})}
         return merged, shown
 
+    def _extend(
+        self, grid: list[float | None], value: float, score: float, mean_val: Any
+    ) -> tuple[float, float]:
+        """Past the grid's edge: while the best value is the largest (smallest) tried,
+        double (halve) it, up to ``extend_grid`` times, keeping it while mean val accuracy
+        improves. ``grid`` gains the values tried."""
+        for factor, end in ((2.0, max), (0.5, min)):
+            for _ in range(self.spec.extend_grid):
+                if value != end(v for v in grid if v is not None):
+                    break
+                candidate = value * factor
+                grid.append(candidate)
+                candidate_score = mean_val(candidate)
+                if candidate_score <= score:
+                    break
+                value, score = candidate, candidate_score
+        return value, score
+
     def chosen(self, method: str, tasks: Sequence[str], rank: float | None) -> dict[str, Any]:
         """``method`` merging ``tasks``: the grid value best on mean val accuracy, and the
-        chosen merge's test accuracy per task."""
+        chosen merge's test outcomes per task."""
         key = (method, tuple(tasks), rank)
         if key in self._chosen:
             return self._chosen[key]
@@ -120,16 +148,31 @@ class _Merger:
             [None] if coefficient_name(method) is None else list(self.spec.coefficients)
         )
         merged: dict[float | None, tuple[State, dict[str, Any]]] = {}
+        scores: dict[float | None, float] = {}
 
         def mean_val(value: float | None) -> float:
             merged[value] = self.merge(method, tasks, value, rank)
-            val = self.evaluate(merged[value][0], tasks, "val")
-            return sum(val.values()) / len(val)
+            scores[value] = self.mean_accuracy(merged[value][0], tasks, "val")
+            best = max(scores, key=scores.__getitem__)  # hold only the best merge so far
+            for v in [v for v in merged if v != best and v != value]:
+                del merged[v]
+            return scores[value]
 
         value, score, _ = choose(grid, mean_val)
+        if value is not None:
+            value, score = self._extend(grid, value, score, mean_val)
         state, shown = merged[value]
-        test = self.evaluate(state, tasks, "test")
-        self._chosen[key] = {"value": value, "val": score, "params": shown, "test": test}
+        test = self.outcomes(state, tasks, "test")
+        edge = ""
+        if value is not None and len(grid) > 1:
+            edge = "top" if value == max(grid) else "bottom" if value == min(grid) else ""
+        self._chosen[key] = {
+            "value": value,
+            "val": score,
+            "params": shown,
+            "test": test,
+            "edge": edge,
+        }
         return self._chosen[key]
 
 
@@ -165,40 +208,49 @@ def run(ctx: StudyContext) -> pd.DataFrame:
     spec = ctx.config.multitask
     if not spec.enabled:
         return pd.DataFrame()
-    ctx.log(f"multi-task: training the {spec.arch} suite (cached in {ctx.runs_dir}/)")
-    suite = mt.train_multitask(
-        spec.tasks,
-        spec.arch,
+    from mergelab.train.user_suite import uses_checkpoints
+
+    if uses_checkpoints(spec):
+        ctx.log(f"multi-task: the suite of your {len(spec.checkpoints)} checkpoints (no training)")
+    else:
+        ctx.log(f"multi-task: training the {spec.arch} suite (cached in {ctx.runs_dir}/)")
+    suite = mt.study_suite(
+        spec,
         ctx.out / "multitask",
-        spec.seed,
-        pretrain=spec.pretrain or None,
-        finetune=spec.finetune or None,
         cache_dir=ctx.runs_dir,
         workers=ctx.workers,
         device=ctx.config.device or "cpu",
-        progress=False,
         log=ctx.log,
+        split_seed=ctx.config.split_seed,
     )
     m = _Merger(ctx, suite)
     tasks = list(suite.tasks)
-    individual = {t: m.evaluate(m.backbones[t], [t], "test")[t] for t in tasks}
+    individual_outcomes = {t: m.outcomes(m.backbones[t], [t], "test")[t] for t in tasks}
+    individual = {t: float(np.mean(o)) for t, o in individual_outcomes.items()}
     rows: list[dict[str, Any]] = []
 
     def add(result: dict[str, Any], method: str, sweep: str, n: int, rank: float) -> None:
-        for task, acc in result["test"].items():
+        """Rows of one merge: accuracy (with its per-example outcomes kept for the
+        claims' intervals) and normalized accuracy, per task."""
+        for task, outcome in result["test"].items():
+            acc = float(np.mean(outcome))
             norm = acc / individual[task] if individual[task] > 0 else math.nan
             extra = {
                 "coefficient": math.nan if result["value"] is None else result["value"],
                 "params": json.dumps(result["params"], sort_keys=True),
                 "val_accuracy": result["val"],
+                "grid_edge": result.get("edge", ""),
             }
-            for metric, v in (("accuracy", acc), ("normalized_accuracy", norm)):
-                rows.append({**_row(spec, task, method, sweep, n, rank, metric, v), **extra})
+            row = {**_row(spec, task, method, sweep, n, rank, "accuracy", acc), **extra}
+            rows.append(ctx.keep(row, outcome))
+            rows.append(
+                {**_row(spec, task, method, sweep, n, rank, "normalized_accuracy", norm), **extra}
+            )
 
     n_all = len(tasks)
-    own = {"test": individual, "value": None, "params": {}, "val": math.nan}
+    own = {"test": individual_outcomes, "value": None, "params": {}, "val": math.nan}
     add(own, INDIVIDUAL, "methods", n_all, NO_RANK)
-    pre = {"test": m.evaluate(m.pretrained, tasks, "test"), "value": None, "params": {}}
+    pre = {"test": m.outcomes(m.pretrained, tasks, "test"), "value": None, "params": {}}
     add({**pre, "val": math.nan}, PRETRAINED, "methods", n_all, NO_RANK)
     for method in spec.methods:
         rank = spec.cart_rank if method == "cart" else None

@@ -825,6 +825,66 @@ class _Planner:
                     # Model A, B backbone + A head, the soup: on the target's test.
                     self.evaluate(study, target, spec.arch, test=3, image=image)
 
+    def multitask(self, study: str) -> None:
+        """The multi-task suite's pre-training and fine-tunes (none for a suite of the
+        user's checkpoints), and every merge's passes: each coefficient of the grid (and
+        of its extension past the edge, at most) on every merged task's val, the chosen
+        one on test."""
+        from mergelab.studies.multitask import coefficient_name, subsets
+        from mergelab.train import multitask as mt
+        from mergelab.train.user_suite import check_user_suite, user_files, uses_checkpoints
+
+        spec = self.config.multitask
+        if not spec.enabled:
+            return
+        tasks = mt.spec_tasks(spec)
+        image = (spec.in_chans or 1, spec.img_size or 28)
+        configs = mt.suite_configs(spec, split_seed=self.config.split_seed)
+        if uses_checkpoints(spec):
+            self.notes.append("multitask: no training (the suite is the user's checkpoints)")
+            facts = check_user_suite(spec, split_seed=self.config.split_seed, read_data=False).facts
+            if facts is not None:
+                image = (facts.in_chans, facts.img_size)
+            for key, path in user_files(spec):
+                self.notes.append(f"multitask: reads {key}: {path}")
+        for cfg in configs:
+            key = _run_key(cfg)
+            if key in self.seen:
+                continue
+            self.seen.add(key)
+            run = self.run_tally(cfg)
+            self.studies[study].add(run)
+            facts = self.facts(cfg.dataset)
+            model = model_facts(cfg.arch, facts, in_chans=cfg.in_chans, img_size=cfg.img_size)
+            self.setting(facts, cfg.arch, model).add(run)
+        self.studies[study].reads += len(configs)
+        passes: dict[str, list[int]] = {t: [0, 0] for t in tasks}  # task -> [val, test]
+        done: set[tuple] = set()
+
+        def merge(method: str, merged: list[str], rank: float | None) -> None:
+            if (method, tuple(merged), rank) in done:
+                return
+            done.add((method, tuple(merged), rank))
+            grid = len(spec.coefficients)
+            grid += spec.extend_grid * (1 if grid > 1 else 2)  # past the edge, at most
+            grid = 1 if coefficient_name(method) is None else grid
+            for t in merged:
+                passes[t][0] += grid
+                passes[t][1] += 1
+
+        for t in tasks:  # each task's own backbone, and the pre-trained one
+            passes[t][1] += 2
+        for method in spec.methods:
+            merge(method, tasks, spec.cart_rank if method == "cart" else None)
+        for r in spec.ranks:
+            merge("cart", tasks, r)
+        counts = spec.task_counts if spec.task_counts is not None else range(2, len(tasks) + 1)
+        for subset in subsets(tasks, [k for k in counts if k <= len(tasks)], spec.seed).values():
+            for method in spec.count_methods:
+                merge(method, subset, spec.cart_rank if method == "cart" else None)
+        for t, (val, test) in passes.items():
+            self.evaluate(study, t, spec.arch, val=val, test=test, image=image)
+
 
 def plan_study(config: StudyConfig) -> StudyPlan:
     """The work of ``config``: training runs, evaluation passes, FLOPs and GPU hours.
@@ -844,6 +904,7 @@ def plan_study(config: StudyConfig) -> StudyPlan:
         "ingredients": p.eval_ingredients,
         "magnitude": p.eval_magnitude,
         "cross_task": p.eval_cross_task,
+        "multitask": p.multitask,
     }
     for name in p.studies:
         if name == "weights_vs_features":

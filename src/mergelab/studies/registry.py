@@ -16,7 +16,7 @@ This module imports neither torch nor the runners: a report can be drawn from a
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +41,17 @@ NUMBER_KEYS = frozenset(
 )
 
 
+RETHINKING = "Rethinking Weight-Averaged Model-merging"
+CART_PAPER = "Revisiting Weight Averaging for Model Merging"
+PAPERS = {
+    RETHINKING: "weights as templates, weight averaging vs feature averaging, and the role "
+    "of weight magnitude",
+    CART_PAPER: "multi-task merging: CART and the SVD family against weight averaging, task "
+    "arithmetic and TIES",
+}
+"""The papers whose findings the studies check, and what each study of theirs is about."""
+
+
 @dataclass(eq=False)
 class Study:
     """One study: its rows, what identifies an experiment, how it runs, how it is shown.
@@ -63,6 +74,8 @@ class Study:
     recipes: str | None = None
     items: tuple[str, ...] = ()
     item_methods: tuple[str, ...] = ()
+    paper: str = RETHINKING
+    """The paper whose findings this study checks (a key of :data:`PAPERS`)."""
     tables: list[Callable[..., Any]] = field(default_factory=list)
     figures: list[Callable[..., Any]] = field(default_factory=list)
 
@@ -229,5 +242,12 @@ MULTITASK = register(
         "the number of tasks merged ('tasks', n_models = tasks merged).",
         keys=("dataset", "arch", "seed", "sweep", "n_models", "rank_fraction"),
         runner=f"{_S}.multitask:run",
+        paper=CART_PAPER,
     )
 )
+
+
+def papers_of(studies: Iterable[str]) -> list[str]:
+    """The papers (in :data:`PAPERS` order) checked by the named studies."""
+    wanted = {STUDIES[s].paper for s in studies if s in STUDIES}
+    return [p for p in PAPERS if p in wanted]

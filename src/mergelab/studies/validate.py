@@ -21,6 +21,12 @@ for the built-in models (a few seconds when torchvision or timm names are resolv
   archs and datasets themselves, so an unknown arch is reported as such, not as a
   reference to it;
 * every ``init`` checkpoint file is there, and is a checkpoint with finite values;
+* the multi-task section: its arch and task dataset specs; with the user's checkpoints
+  (``multitask.pretrained``, ``multitask.checkpoints``), every file there and readable
+  (headers only), every task backbone with the pre-trained backbone's tensor names and
+  shapes, each head with its task's class count, the checkpoints fitting ``arch``
+  (:func:`mergelab.train.user_suite.check_user_suite`; a real run reads the tasks'
+  on-disk data for their class counts, a dry run only the embedded ones);
 * a ``device: cuda`` config is on a machine with a CUDA device.
 
 Each error names the config file, then the key: ``study.yaml: magnitude.factors: ...``.
@@ -124,7 +130,7 @@ def check_study(config: StudyConfig) -> None:
 def check_dry_run(config: StudyConfig) -> list[MissingPath]:
     """:func:`check_study` for a dry run: the same errors, except that missing dataset and
     checkpoint paths are returned (to print as a warning) and the device is not checked."""
-    found = inspect_study(config, device=False)
+    found = inspect_study(config, device=False, dry_run=True)
     if found.errors:
         _raise(config, StudyCheck(errors=found.errors).error_message())
     return found.missing
@@ -140,8 +146,11 @@ def missing_warning(missing: Sequence[MissingPath]) -> str:
     return "\n".join(lines + [f"  - {m}" for m in missing])
 
 
-def inspect_study(config: StudyConfig, *, device: bool = True) -> StudyCheck:
-    """Every problem of ``config`` (see the module doc), without raising."""
+def inspect_study(
+    config: StudyConfig, *, device: bool = True, dry_run: bool | None = None
+) -> StudyCheck:
+    """Every problem of ``config`` (see the module doc), without raising. ``dry_run``
+    (default: ``not device``): read no on-disk dataset."""
     checker = _Checker(config)
     try:  # a config changed with model_copy(update=...) was not validated again
         StudyConfig.model_validate(config.model_dump(exclude_unset=True))
@@ -155,6 +164,7 @@ def inspect_study(config: StudyConfig, *, device: bool = True) -> StudyCheck:
     checker.references()
     checker.recipes()
     checker.templates()
+    checker.multitask(read_data=device if dry_run is None else not dry_run)
     if device:
         checker.device()
     return StudyCheck(errors=checker.errors, missing=list(checker.missing.values()))
@@ -443,6 +453,62 @@ class _Checker:
             f"{spec.arch!r} is no linear classifier on raw pixels ({why}); use linear, or "
             "templates: {enabled: false}",
         )
+
+    # -- multi-task ----------------------------------------------------------------------
+
+    def multitask(self, *, read_data: bool) -> None:
+        """The multi-task section's arch and tasks; a suite of the user's checkpoints
+        checked in full (:func:`mergelab.train.user_suite.check_user_suite`)."""
+        spec = self.config.multitask
+        if not spec.enabled:
+            return
+        from mergelab.train.multitask import spec_tasks
+        from mergelab.train.user_suite import check_user_suite, uses_checkpoints
+
+        problem = arch_problem(spec.arch)
+        if problem is not None:
+            self.error("multitask.arch", problem)
+            return
+        before = len(self.errors)
+        tasks = spec_tasks(spec)
+        for i, task in enumerate(tasks):
+            self.dataset(task, _field("multitask", "tasks", i))
+        if len(self.errors) > before:
+            return
+        if not uses_checkpoints(spec):
+            self.multitask_builds(tasks)
+            return
+        found = check_user_suite(
+            spec, split_seed=self.config.split_seed, read_data=read_data, finite=read_data
+        )
+        for where, message in found.problems:
+            self.error(where, message)
+        for path, where, kind in found.missing:
+            self.lost(path, where, kind)
+
+    def multitask_builds(self, tasks: Sequence[str]) -> None:
+        """A trained suite's model builds for, and runs on, each embedded task's input."""
+        from mergelab.train.multitask import _input
+        from mergelab.train.recipe import build_problem, embedded_info
+
+        spec = self.config.multitask
+        for i, task in enumerate(tasks):
+            try:
+                info = embedded_info(task, self.config.split_seed)
+            except MergelabError as exc:
+                self.error(_field("multitask", "tasks", i), str(exc))
+                continue
+            if info is None:
+                continue
+            problem = build_problem(
+                spec.arch,
+                {},
+                num_classes=info.num_classes,
+                in_chans=_input(spec, "in_chans"),
+                img_size=_input(spec, "img_size"),
+            )
+            if problem is not None:
+                self.error("multitask.arch", f"{spec.arch} cannot be built for {task}: {problem}")
 
     # -- the machine ---------------------------------------------------------------------
 

@@ -20,7 +20,9 @@ same arguments give the same bytes. ``out_dir`` then holds::
     runs/                          the training cache (full checkpoints + JSON sidecars)
 
 :func:`evaluate_multitask` scores one backbone on every task with that task's head;
-:func:`load_multitask_suite` reads a finished ``out_dir`` back.
+:func:`load_multitask_suite` reads a finished ``out_dir`` back. :func:`study_suite` is what
+a study merges: this training, or the user's own checkpoints split into the same files
+(:mod:`mergelab.train.user_suite`; nothing trained, no ``runs/``).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from mergelab.atomic import atomic_write_text
@@ -50,8 +53,10 @@ __all__ = [
     "evaluate_multitask",
     "finetune_config",
     "load_multitask_suite",
+    "multitask_outcomes",
     "pretrain_config",
     "split_backbone",
+    "study_suite",
     "train_multitask",
 ]
 
@@ -232,8 +237,24 @@ def evaluate_multitask(
     its own). ``tasks``: which of ``heads`` to score (default: all, in their order).
     Returns ``{task: accuracy}`` in [0, 1].
     """
+    outcomes = multitask_outcomes(backbone_state, heads, tasks, split=split, device=device)
+    return {t: float(o.mean()) for t, o in outcomes.items()}
+
+
+def multitask_outcomes(
+    backbone_state: Mapping[str, torch.Tensor] | str | os.PathLike[str],
+    heads: Mapping[str, TaskHead],
+    tasks: Iterable[str] | None = None,
+    *,
+    split: str = "test",
+    device: str | torch.device | None = "cpu",
+) -> dict[str, np.ndarray]:
+    """Per-example outcomes behind :func:`evaluate_multitask`: ``{task: uint8 vector}``, 1
+    where the top-1 prediction is right (a non-finite logit row counts as wrong), in the
+    split's order: what paired bootstrap intervals resample."""
     from mergelab.models import load_weights, read_checkpoint
-    from mergelab.train.trainer import resolve_device, val_score
+    from mergelab.results import correct_examples
+    from mergelab.train.trainer import EVAL_BATCH, resolve_device
 
     state = read_checkpoint(backbone_state)
     names = list(heads) if tasks is None else list(tasks)
@@ -244,7 +265,7 @@ def evaluate_multitask(
             f"(heads: {', '.join(heads) or 'none'})"
         )
     dev = resolve_device(device)
-    scores: dict[str, float] = {}
+    outcomes: dict[str, np.ndarray] = {}
     for task in names:
         head = heads[task]
         backbone, _ = split_backbone(state, head.head_prefix)
@@ -258,8 +279,16 @@ def evaluate_multitask(
                 f"{'; '.join(lines[:3])}"
             ) from None
         x, y = _eval_tensors(task, split, head.split_seed, head.in_chans, head.img_size)
-        scores[task] = val_score(model.to(dev), x.to(dev), y.to(dev), multilabel=False)
-    return scores
+        model = model.to(dev).eval()
+        with torch.no_grad():
+            logits = torch.cat(
+                [
+                    model(x[i : i + EVAL_BATCH].to(dev)).to("cpu", torch.float32)
+                    for i in range(0, len(x), EVAL_BATCH)
+                ]
+            )
+        outcomes[task] = correct_examples(logits.numpy(), y.cpu().numpy())
+    return outcomes
 
 
 # ----------------------------------------------------------------------------- suite
@@ -285,7 +314,8 @@ class MultitaskSuite:
     tasks: tuple[str, ...]
     head_prefix: str
     pretrained: Path
-    source_head: Path
+    source_head: Path | None
+    """The pre-trained model's head (None: a user's pre-trained checkpoint without one)."""
     backbones: Mapping[str, Path]
     heads: Mapping[str, Path]
     num_classes: Mapping[str, int]
@@ -563,7 +593,9 @@ def load_multitask_suite(out_dir: str | os.PathLike[str]) -> MultitaskSuite:
             tasks=tuple(manifest["task_order"]),
             head_prefix=manifest["head_prefix"],
             pretrained=out / manifest["pretrained"]["backbone"],
-            source_head=out / manifest["pretrained"]["head"],
+            source_head=(
+                out / manifest["pretrained"]["head"] if manifest["pretrained"]["head"] else None
+            ),
             backbones={t: out / e["backbone"] for t, e in entries.items()},
             heads={t: out / e["head"] for t, e in entries.items()},
             num_classes={t: int(e["num_classes"]) for t, e in entries.items()},
@@ -580,3 +612,75 @@ def load_multitask_suite(out_dir: str | os.PathLike[str]) -> MultitaskSuite:
     if absent:
         raise ConfigError(f"multi-task: {absent[0]} is missing; train the suite again")
     return suite
+
+
+def study_suite(
+    spec: Any,
+    out_dir: Path,
+    *,
+    cache_dir: Path,
+    workers: int = 1,
+    device: str = "cpu",
+    log: Callable[[str], None] | None = None,
+    split_seed: int = 0,
+) -> MultitaskSuite:
+    """The suite a multi-task study merges, from its ``multitask:`` section ``spec``
+    (:class:`mergelab.studies.config.MultitaskSpec`), in ``out_dir``: the user's
+    checkpoints split into backbones and heads when ``spec`` names them (nothing trained:
+    :func:`mergelab.train.user_suite.load_user_suite`), else trained here."""
+    from mergelab.train.user_suite import load_user_suite, uses_checkpoints
+
+    if uses_checkpoints(spec):
+        return load_user_suite(spec, out_dir, split_seed=split_seed, log=log)
+    return train_multitask(
+        spec.tasks,
+        spec.arch,
+        out_dir,
+        spec.seed,
+        pretrain=spec.pretrain or None,
+        finetune=spec.finetune or None,
+        in_chans=_input(spec, "in_chans"),
+        img_size=_input(spec, "img_size"),
+        split_seed=split_seed,
+        cache_dir=cache_dir,
+        workers=workers,
+        device=device,
+        progress=False,
+        log=log,
+    )
+
+
+def _input(spec: Any, name: str) -> int:
+    """A trained suite's ``in_chans`` / ``img_size``: the section's, else 1 x 28."""
+    value = getattr(spec, name, None)
+    return int(value) if value is not None else {"in_chans": 1, "img_size": 28}[name]
+
+
+def spec_tasks(spec: Any) -> list[str]:
+    """The task specs a study's ``multitask:`` section names (every embedded task when it
+    names none)."""
+    from mergelab.data.multitask import MULTITASK_TASKS
+
+    return list(MULTITASK_TASKS) if spec.tasks is None else list(spec.tasks)
+
+
+def suite_configs(spec: Any, split_seed: int = 0) -> list[TrainConfig]:
+    """The training runs :func:`study_suite` makes for ``spec``: the pre-training, then one
+    fine-tune per task (what ``mergelab study --dry-run`` counts); none for a suite of the
+    user's checkpoints."""
+    from mergelab.data.multitask import MULTITASK_SOURCE
+    from mergelab.train.user_suite import uses_checkpoints
+
+    if uses_checkpoints(spec):
+        return []
+    start = pretrain_config(
+        MULTITASK_SOURCE,
+        spec.arch,
+        spec.seed,
+        _settings(spec.pretrain or None, DEFAULT_PRETRAIN, "pretrain"),
+        in_chans=_input(spec, "in_chans"),
+        img_size=_input(spec, "img_size"),
+        split_seed=split_seed,
+    )
+    fine = _settings(spec.finetune or None, DEFAULT_FINETUNE, "finetune")
+    return [start, *(finetune_config(t, start, spec.seed, fine) for t in spec_tasks(spec))]
