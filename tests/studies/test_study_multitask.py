@@ -320,3 +320,56 @@ def test_rank_claim_chooses_on_even_examples_and_compares_on_odd() -> None:
     assert "rank 0.2" in claim.conditions[0].label and "rank 0.5" in claim.conditions[0].label
     assert claim.conditions[0].estimate == pytest.approx(0.0)
     assert claim.verdict == "inconclusive"
+
+
+def test_several_seeds_train_one_suite_each_and_are_replicates(tmp_path) -> None:
+    """Two training seeds: two suites, rows per seed, the claims' units hold both."""
+    config = tiny_config()
+    spec = config.multitask.model_copy(
+        update={"seeds": [0, 1], "methods": ["linear", "ties", "cart"], "ranks": []}
+    )
+    config = config.model_copy(update={"multitask": spec})
+    out = tmp_path / "out"
+    run_study(config, out, progress=False)
+    df = pd.read_csv(out / "results.csv")
+    assert set(df["seed"]) == {0, 1}
+    for seed in (0, 1):
+        assert (out / "multitask" / f"seed-{seed}" / "manifest.json").is_file()
+    a, b = (df[(df["seed"] == s) & (df["method"] == "Individual")] for s in (0, 1))
+    assert a["value"].tolist() != b["value"].tolist()  # other inits, other models
+    from mergelab.report.claims import _normalized_cells, _task_units
+    from mergelab.report.verdicts import Condition
+
+    results = Results.read(out)
+    cells = _normalized_cells(results, results.select(study.MULTITASK, metric="accuracy"))
+    cond = _task_units(
+        Condition("x", "greater"),
+        cells,
+        ("TIES", "methods", None),
+        ("Weight Averaging", "methods", None),
+    )
+    assert [len(unit.contrasts) for _, unit, _ in cond.units] == [2] * len(TASKS)
+    from mergelab.report.claims import seed_note
+
+    assert "Multi-task merging: intervals resample the test examples and the 2 training" in (
+        seed_note(results)
+    )
+
+
+def test_several_seeds_with_checkpoints_are_refused(tmp_path) -> None:
+    import yaml
+
+    data = {
+        "name": "x",
+        "multitask": {
+            **MULTITASK,
+            "seeds": [0, 1],
+            "pretrained": "p.safetensors",
+            "checkpoints": ["a", "b", "c"],
+        },
+    }
+    data["multitask"].pop("pretrain"), data["multitask"].pop("finetune")
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"multitask\.seeds: several seeds with checkpoints"):
+        load_config(path)

@@ -180,9 +180,11 @@ def test_the_run_log_counts_distinct_runs_as_the_dry_run_does(tmp_path, monkeypa
     assert line.endswith(f"ingredients: all {runs} training runs cached ({len(recipes)} recipes)")
 
 
-def test_multitask_dry_run_counts_its_training_and_every_merge_pass() -> None:
+@pytest.mark.parametrize("seeds", [None, [3, 4]])
+def test_multitask_dry_run_counts_its_training_and_every_merge_pass(seeds) -> None:
     """3 tasks, pre-training 30 steps and fine-tunes 15; 7 methods (linear: no grid, the
-    6 others 2 coefficients), 2 CART ranks, one 2-task subset merged by linear and cart."""
+    6 others 2 coefficients), 2 CART ranks, one 2-task subset merged by linear and cart;
+    one suite, or two (two training seeds: twice everything)."""
     from mergelab.studies.config import StudyConfig
 
     config = StudyConfig(
@@ -200,11 +202,13 @@ def test_multitask_dry_run_counts_its_training_and_every_merge_pass() -> None:
             "ranks": [0.05, 0.2],
             "task_counts": [2],
             "count_methods": ["linear", "cart"],
+            "seeds": seeds,
         },
     )
     t = plan_study(config).studies["multitask"]
-    assert (t.runs, t.steps) == (4, 30 + 3 * 15)
+    k = 1 if seeds is None else 2
+    assert (t.runs, t.steps) == (4 * k, (30 + 3 * 15) * k)
     # A grid of 2, extended past its edge at most twice: 4 merges. Each task of all three:
     # val 1 + 6 * 4 (methods) + 2 * 4 (ranks) = 33, test 7 + 2 + 2 (own and pre-trained
     # backbones) = 11; each task of the pair: val 1 + 4, test 2.
-    assert (t.val_passes, t.test_passes) == (3 * 33 + 2 * 5, 3 * 11 + 2 * 2)
+    assert (t.val_passes, t.test_passes) == ((3 * 33 + 2 * 5) * k, (3 * 11 + 2 * 2) * k)

@@ -1014,21 +1014,35 @@ def markdown_table(df: pd.DataFrame, max_rows: int = 60) -> str:
 
 
 def seed_note(results: Results | pd.DataFrame) -> str:
-    """A warning when the claims rest on one training seed: their intervals then cover
-    the test examples' noise only, not how much another training run would differ."""
+    """A warning, per study that ran, when its claims rest on one training seed: their
+    intervals then cover the test examples' noise only, not how much another training
+    run would differ."""
     rows = Results.of_rows(results).rows
-    seeds = rows.loc[rows["study"] == WVF.name, "seed"].dropna().unique()
-    if len(seeds) > 1:
-        return (
-            f"Intervals resample the test examples and the {len(seeds)} training seeds "
-            f"({', '.join(str(int(s)) for s in sorted(seeds))})."
-        )
-    return (
-        "One training seed: the intervals cover the test examples' noise only, not how much "
-        "another set of trained ingredients would differ; the settings pooled in a claim "
-        "share their trained models (N = 2 ... 10 are the first N of one set). Add seeds "
-        "(`seeds: [0, 1, 2]`) to include that variation."
-    )
+    if rows.empty:
+        return ""
+    notes = []
+    for study, key, shared in (
+        (
+            WVF,
+            "seeds",
+            "the settings pooled in a claim share their trained models (N = 2 ... "
+            "10 are the first N of one set)",
+        ),
+        (MULTITASK, "multitask.seeds", "every merge of a claim merges the same task models"),
+    ):
+        seeds = rows.loc[rows["study"] == study.name, "seed"].dropna().unique()
+        if len(seeds) > 1:
+            notes.append(
+                f"{study.heading}: intervals resample the test examples and the {len(seeds)} "
+                f"training seeds ({', '.join(str(int(s)) for s in sorted(seeds))})."
+            )
+        elif len(seeds) == 1:
+            notes.append(
+                f"{study.heading}: one training seed, so the intervals cover the test "
+                f"examples' noise only, not how much another set of trained models would "
+                f"differ; {shared}. Add seeds (`{key}: [0, 1, 2]`) to include that variation."
+            )
+    return " ".join(notes)
 
 
 def sanity_label(s: Sanity) -> str:

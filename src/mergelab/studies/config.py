@@ -226,6 +226,12 @@ class MultitaskSpec(_Strict):
     arch: str = "cnn"
     """The model of every task; with ``checkpoints``, the arch they were made with."""
     seed: int = Field(0, ge=0, le=MAX_SEED)
+    """Seed of the trained suite (inits, heads, data order), of DARE's masks and of the
+    task-count subsets."""
+    seeds: list[int] | None = None
+    """Several training seeds: one suite (pre-training and fine-tunes) per seed, the
+    replicates the claims resample (None: ``[seed]``). The task-count subsets stay fixed
+    by ``seed``. Not with ``checkpoints``."""
     pretrain: dict[str, Any] = {}
     """Pre-training settings (TrainSettings fields over the multi-task defaults)."""
     finetune: dict[str, Any] = {}
@@ -268,6 +274,21 @@ class MultitaskSpec(_Strict):
                 out.append((("tasks",), "give null (every task) or at least two tasks"))
             out += _repeats("tasks", self.tasks)
         out += self._checkpoint_problems()
+        if self.seeds is not None:
+            if not self.seeds:
+                out.append((("seeds",), "empty; give null (one seed: seed) or seeds"))
+            bad_seeds = [x for x in self.seeds if not 0 <= x <= MAX_SEED]
+            if bad_seeds:
+                out.append((("seeds",), f"{_values(bad_seeds)} outside [0, {MAX_SEED}]"))
+            out += _repeats("seeds", self.seeds)
+            if self.checkpoints is not None and len(self.seeds) > 1:
+                out.append(
+                    (
+                        ("seeds",),
+                        "several seeds with checkpoints: the suite is your checkpoints, "
+                        "trained once (allowed: one seed, or drop checkpoints)",
+                    )
+                )
         for name in ("methods", "count_methods"):
             values = getattr(self, name)
             unknown = [m for m in values if m not in MULTITASK_METHODS]
@@ -301,6 +322,11 @@ class MultitaskSpec(_Strict):
                 out.append((("task_counts",), f"{_values(bad_n)} outside [2, {top}]"))
             out += _repeats("task_counts", self.task_counts)
         return out
+
+    @property
+    def training_seeds(self) -> list[int]:
+        """The seeds of the suites: ``seeds``, else ``[seed]``."""
+        return list(self.seeds) if self.seeds else [self.seed]
 
     def _checkpoint_problems(self) -> list[Problem]:
         """``pretrained`` and ``checkpoints`` go together, one checkpoint per task, and

@@ -76,8 +76,9 @@ def choose(
 class _Merger:
     """The suite in memory: merges, val selection and test scores, each made once."""
 
-    def __init__(self, ctx: StudyContext, suite: mt.MultitaskSuite) -> None:
+    def __init__(self, ctx: StudyContext, suite: mt.MultitaskSuite, seed: int) -> None:
         self.ctx = ctx
+        self.seed = seed
         self.spec = ctx.config.multitask
         self.suite = suite
         self.heads = suite.task_heads()
@@ -112,7 +113,7 @@ class _Merger:
         density = {"ties": self.spec.ties_density, "dare": self.spec.dare_density}.get(method)
         model_params = None if density is None else [{"density": density}] * len(models)
         if method == "dare":
-            params.setdefault("seed", self.spec.seed)
+            params.setdefault("seed", self.seed)
         base = None if method in ("linear", "cart") else self.pretrained
         merged = merge_state_dicts(
             method, models, base, params=params, model_params=model_params or None
@@ -177,13 +178,21 @@ class _Merger:
 
 
 def _row(
-    spec: Any, task: str, method: str, sweep: str, n: int, rank: float, metric: str, value: float
+    spec: Any,
+    seed: int,
+    task: str,
+    method: str,
+    sweep: str,
+    n: int,
+    rank: float,
+    metric: str,
+    value: float,
 ) -> dict[str, Any]:
     return {
         "study": MULTITASK.name,
         "dataset": task,
         "arch": spec.arch,
-        "seed": spec.seed,
+        "seed": seed,
         "sweep": sweep,
         "n_models": n,
         "rank_fraction": rank,
@@ -210,20 +219,32 @@ def run(ctx: StudyContext) -> pd.DataFrame:
         return pd.DataFrame()
     from mergelab.train.user_suite import uses_checkpoints
 
-    if uses_checkpoints(spec):
-        ctx.log(f"multi-task: the suite of your {len(spec.checkpoints)} checkpoints (no training)")
-    else:
-        ctx.log(f"multi-task: training the {spec.arch} suite (cached in {ctx.runs_dir}/)")
-    suite = mt.study_suite(
-        spec,
-        ctx.out / "multitask",
-        cache_dir=ctx.runs_dir,
-        workers=ctx.workers,
-        device=ctx.config.device or "cpu",
-        log=ctx.log,
-        split_seed=ctx.config.split_seed,
-    )
-    m = _Merger(ctx, suite)
+    seeds = spec.training_seeds
+    rows: list[dict[str, Any]] = []
+    for seed in seeds:
+        if uses_checkpoints(spec):
+            ctx.log(f"multi-task: the suite of your {len(spec.checkpoints)} checkpoints")
+        else:
+            ctx.log(f"multi-task: training the {spec.arch} suite, seed {seed} (cached in runs/)")
+        folder = ctx.out / "multitask"
+        suite = mt.study_suite(
+            spec,
+            folder if len(seeds) == 1 else folder / f"seed-{seed}",
+            cache_dir=ctx.runs_dir,
+            workers=ctx.workers,
+            device=ctx.config.device or "cpu",
+            log=ctx.log,
+            split_seed=ctx.config.split_seed,
+            seed=seed,
+        )
+        rows += _run_suite(ctx, suite, seed)
+    return pd.DataFrame(rows)
+
+
+def _run_suite(ctx: StudyContext, suite: mt.MultitaskSuite, seed: int) -> list[dict[str, Any]]:
+    """Every row of one suite (one training seed)."""
+    spec = ctx.config.multitask
+    m = _Merger(ctx, suite, seed)
     tasks = list(suite.tasks)
     individual_outcomes = {t: m.outcomes(m.backbones[t], [t], "test")[t] for t in tasks}
     individual = {t: float(np.mean(o)) for t, o in individual_outcomes.items()}
@@ -241,10 +262,13 @@ def run(ctx: StudyContext) -> pd.DataFrame:
                 "val_accuracy": result["val"],
                 "grid_edge": result.get("edge", ""),
             }
-            row = {**_row(spec, task, method, sweep, n, rank, "accuracy", acc), **extra}
+            row = {**_row(spec, seed, task, method, sweep, n, rank, "accuracy", acc), **extra}
             rows.append(ctx.keep(row, outcome))
             rows.append(
-                {**_row(spec, task, method, sweep, n, rank, "normalized_accuracy", norm), **extra}
+                {
+                    **_row(spec, seed, task, method, sweep, n, rank, "normalized_accuracy", norm),
+                    **extra,
+                }
             )
 
     n_all = len(tasks)
@@ -270,4 +294,4 @@ def run(ctx: StudyContext) -> pd.DataFrame:
             rank = spec.cart_rank if method == "cart" else None
             add(m.chosen(method, subset, rank), LABELS[method], "tasks", k, NO_RANK)
         ctx.log(f"multi-task: {k} tasks merged ({', '.join(subset)})")
-    return pd.DataFrame(rows)
+    return rows

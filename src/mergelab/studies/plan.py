@@ -839,7 +839,11 @@ class _Planner:
             return
         tasks = mt.spec_tasks(spec)
         image = (spec.in_chans or 1, spec.img_size or 28)
-        configs = mt.suite_configs(spec, split_seed=self.config.split_seed)
+        configs = [
+            cfg
+            for seed in spec.training_seeds
+            for cfg in mt.suite_configs(spec, split_seed=self.config.split_seed, seed=seed)
+        ]
         if uses_checkpoints(spec):
             self.notes.append("multitask: no training (the suite is the user's checkpoints)")
             facts = check_user_suite(spec, split_seed=self.config.split_seed, read_data=False).facts
@@ -882,8 +886,9 @@ class _Planner:
         for subset in subsets(tasks, [k for k in counts if k <= len(tasks)], spec.seed).values():
             for method in spec.count_methods:
                 merge(method, subset, spec.cart_rank if method == "cart" else None)
+        seeds = len(spec.training_seeds)  # every suite is merged and scored alike
         for t, (val, test) in passes.items():
-            self.evaluate(study, t, spec.arch, val=val, test=test, image=image)
+            self.evaluate(study, t, spec.arch, val=seeds * val, test=seeds * test, image=image)
 
 
 def plan_study(config: StudyConfig) -> StudyPlan:

@@ -623,6 +623,7 @@ def study_suite(
     device: str = "cpu",
     log: Callable[[str], None] | None = None,
     split_seed: int = 0,
+    seed: int | None = None,
 ) -> MultitaskSuite:
     """The suite a multi-task study merges, from its ``multitask:`` section ``spec``
     (:class:`mergelab.studies.config.MultitaskSpec`), in ``out_dir``: the user's
@@ -636,7 +637,7 @@ def study_suite(
         spec.tasks,
         spec.arch,
         out_dir,
-        spec.seed,
+        spec.seed if seed is None else seed,
         pretrain=spec.pretrain or None,
         finetune=spec.finetune or None,
         in_chans=_input(spec, "in_chans"),
@@ -664,7 +665,7 @@ def spec_tasks(spec: Any) -> list[str]:
     return list(MULTITASK_TASKS) if spec.tasks is None else list(spec.tasks)
 
 
-def suite_configs(spec: Any, split_seed: int = 0) -> list[TrainConfig]:
+def suite_configs(spec: Any, split_seed: int = 0, seed: int | None = None) -> list[TrainConfig]:
     """The training runs :func:`study_suite` makes for ``spec``: the pre-training, then one
     fine-tune per task (what ``mergelab study --dry-run`` counts); none for a suite of the
     user's checkpoints."""
@@ -673,14 +674,15 @@ def suite_configs(spec: Any, split_seed: int = 0) -> list[TrainConfig]:
 
     if uses_checkpoints(spec):
         return []
+    seed = spec.seed if seed is None else seed
     start = pretrain_config(
         MULTITASK_SOURCE,
         spec.arch,
-        spec.seed,
+        seed,
         _settings(spec.pretrain or None, DEFAULT_PRETRAIN, "pretrain"),
         in_chans=_input(spec, "in_chans"),
         img_size=_input(spec, "img_size"),
         split_seed=split_seed,
     )
     fine = _settings(spec.finetune or None, DEFAULT_FINETUNE, "finetune")
-    return [start, *(finetune_config(t, start, spec.seed, fine) for t in spec_tasks(spec))]
+    return [start, *(finetune_config(t, start, seed, fine) for t in spec_tasks(spec))]
