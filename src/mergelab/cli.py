@@ -203,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     from mergelab.compare_cli import add_compare_parser
     from mergelab.compress_cli import add_compress_parser, add_expand_parser
+    from mergelab.diagnose_cli import add_diagnose_parser
     from mergelab.study_cli import add_study_parser
     from mergelab.train_cli import add_train_parser
 
@@ -213,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(sub)
     _demo_parser(sub)
     add_compress_parser(sub), add_expand_parser(sub)
+    add_diagnose_parser(sub)
     return parser
 
 
