@@ -4,9 +4,13 @@ Two fine-tunes and their base (hidden 1024, 8 layers, intermediate 2816, vocabul
 untied embeddings: ~168M parameters per checkpoint), built once by merge_bench's builder
 (:func:`mergelab.fixtures.write_llama_fixture`) and cached in --work. Each setting runs
 ``mergelab diagnose ft1 ft2 --base base`` under ``/usr/bin/time -v`` with the page cache
-warm: wall time and peak RSS. The default ``--full-svd-max 1024`` takes a full SVD of every
-weight of this model (all have min(m, n) <= 1024); ``--full-svd-max 0`` uses the randomized
-top-k SVD everywhere (no bottom-k overlaps).
+warm: wall time and peak RSS. The default ``--gram-max 1024`` takes every weight of this
+model (all have min(m, n) <= 1024) through the float64 Gram matrix of its short side (the
+1024 x 1024 A^T A, B^T B and A^T B streamed row block by row block for m >= n, e.g. the
+32000 x 1024 embedding and lm_head; the matrices held for m < n) and its eigenvectors,
+for the top- and bottom-k metrics; ``--gram-max 0`` uses the randomized top-k SVD
+everywhere (no bottom-k overlaps). (Before this path, the default took a float32 full SVD
+of every weight: 94 s and 1.83 GB on this fixture.)
 
     python benchmarks/diagnose_bench.py
     python benchmarks/diagnose_bench.py --layers 2 --vocab 4000    # a smoke run
@@ -34,9 +38,7 @@ def main() -> int:
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--intermediate", type=int, default=2816)
     ap.add_argument("--vocab", type=int, default=32000)
-    ap.add_argument(
-        "--full-svd-max", type=int, nargs="+", default=[1024, 0], help="settings to time"
-    )
+    ap.add_argument("--gram-max", type=int, nargs="+", default=[1024, 0], help="settings to time")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args()
     name = f"llama-h{args.hidden}-l{args.layers}-i{args.intermediate}-v{args.vocab}"
@@ -49,15 +51,16 @@ def main() -> int:
     )
     base, ft1, ft2 = folders[:3]
     rows = []
-    for cap in args.full_svd_max:
+    for cap in args.gram_max:
         warm([base, ft1, ft2])
         out = args.work / f"{name}-diagnose-{cap}.json"
         cmd = [sys.executable, "-m", "mergelab.cli", "diagnose", str(ft1), str(ft2)]
-        cmd += ["--base", str(base), "--full-svd-max", str(cap), "--json", str(out)]
-        row = {"fixture": name, "full_svd_max": cap, **timed(cmd)}
+        cmd += ["--base", str(base), "--gram-max", str(cap), "--json", str(out)]
+        row = {"fixture": name, "gram_max": cap, **timed(cmd)}
         metrics = json.loads(out.read_text())
         row["matrices"] = metrics["layers"]["matrices"]
         row["bottom_matrices"] = metrics["layers"]["bottom_matrices"]
+        row["right_subspace_overlap_bottom"] = metrics["layers"]["right_subspace_overlap_bottom"]
         row["cosine"] = metrics["weights"]["cosine"]
         rows.append(row)
         print(json.dumps(row), flush=True)

@@ -65,21 +65,39 @@ def test_streamed_metrics_equal_the_flat_vectors(files, monkeypatch) -> None:
     assert again.weights == pytest.approx(result.weights, rel=1e-12)
 
 
-def test_per_layer_metrics_by_a_plain_svd(files) -> None:
+def test_per_layer_metrics_by_a_plain_svd(files, monkeypatch) -> None:
+    """Every per-layer metric equals the mean over 2-D weights of a float64 full SVD's, with
+    the Gram matrices streamed one row per chunk (embed 40x12), held and transposed
+    (layer 12x16), and of a reshaped conv (4x12)."""
+    monkeypatch.setattr(diagnose_module, "CHUNK_ELEMENTS", 7)
     a, b, base = _states()
     result = diagnose(*files, subspace_k=3)
     # 2-D weights: embed (40x12), layer (12x16), conv reshaped to 4x12; the bias is 1-D.
     assert result.layers["matrices"] == 3
     assert result.layers["bottom_matrices"] == 3
 
-    def left(name: str) -> float:
+    def plain(name: str) -> dict[str, float]:
         shape = (SHAPES[name][0], -1)
-        ua = np.linalg.svd((a[name] - base[name]).astype(np.float64).reshape(shape))[0][:, :3]
-        ub = np.linalg.svd((b[name] - base[name]).astype(np.float64).reshape(shape))[0][:, :3]
-        return float(np.linalg.norm(ua.T @ ub) / math.sqrt(3))
+        tau = [(x[name].astype(np.float64) - base[name]).reshape(shape) for x in (a, b)]
+        (ua, sa, vta), (ub, sb, vtb) = (np.linalg.svd(t, full_matrices=False) for t in tau)
+        r = len(sa)
 
-    want = np.mean([left(n) for n in ("embed.weight", "layer.0.weight", "conv.weight")])
-    assert result.layers["left_subspace_overlap"] == pytest.approx(want, abs=1e-5)
+        def rms(x: np.ndarray, y: np.ndarray) -> float:
+            return float(np.linalg.norm(x.T @ y) / math.sqrt(3))
+
+        return {
+            "singular_value_overlap": float(sa @ sb / np.linalg.norm(sa) / np.linalg.norm(sb)),
+            "left_subspace_overlap": rms(ua[:, :3], ub[:, :3]),
+            "right_subspace_overlap_top": rms(vta[:3].T, vtb[:3].T),
+            "interaction_overlap_top": rms(vta[:3].T, vtb[:3].T) ** 2,
+            "right_subspace_overlap_bottom": rms(vta[r - 3 :].T, vtb[r - 3 :].T),
+            "interaction_overlap_bottom": rms(vta[r - 3 :].T, vtb[r - 3 :].T) ** 2,
+        }
+
+    rows = [plain(n) for n in ("embed.weight", "layer.0.weight", "conv.weight")]
+    for name in rows[0]:
+        want = np.mean([row[name] for row in rows])
+        assert result.layers[name] == pytest.approx(want, abs=1e-6), name
 
 
 def test_weight_stats_equal_layer_stats(files) -> None:
@@ -155,9 +173,10 @@ def test_cli_missing_file(files, tmp_path, capsys) -> None:
 
 
 def test_bottom_k_skipped_above_the_cap(files) -> None:
-    result = diagnose(*files, full_svd_max=11)  # only the 4x12 conv is <= 11
+    result = diagnose(*files, gram_max=11)  # only the 4x12 conv is <= 11
     assert result.layers["bottom_matrices"] == 1
-    assert any("2 of 3 2-D weights skipped" in n for n in result.notes)
+    assert result.layers["bottom_over_cap"] == 2
+    assert any("2 of 3 2-D weights skipped (min(m, n) > --gram-max 11" in n for n in result.notes)
     assert not math.isnan(result.layers["right_subspace_overlap_bottom"])
 
 
@@ -226,3 +245,67 @@ def test_data_needs_an_arch(cnn_states) -> None:
     a, _, base = cnn_states
     with pytest.raises(ConfigError, match="--arch is needed for the data metrics"):
         diagnose(a, dict(a), base, data="digits")
+
+
+def test_rank_deficient_weight_left_out_of_the_bottom_k(write_st, tmp_path) -> None:
+    """A rank-1 task vector (40 x 12: eleven zero singular values, more than k = 3) has no
+    determined bottom-3 right vectors: that weight is counted, noted and left out of the
+    bottom-k means, which then equal the other weights' alone."""
+    a, b, base = _states()
+    u = np.arange(1, 41, dtype=np.float32)[:, None] / 40
+    a["embed.weight"] = base["embed.weight"] + 0.1 * u * np.linspace(-1, 1, 12, dtype=np.float32)
+    result = diagnose(a, b, base, subspace_k=3)
+    lay = result.layers
+    assert (lay["matrices"], lay["bottom_matrices"], lay["bottom_rank_deficient"]) == (3, 2, 1)
+    assert any(
+        "1 of 3 2-D weights left out: a task vector is rank-deficient" in n for n in result.notes
+    )
+    # The bottom mean is that of the two full-rank weights (by the same path, one at a time).
+    only = diagnose(
+        {k: v for k, v in a.items() if k != "embed.weight"},
+        {k: v for k, v in b.items() if k != "embed.weight"},
+        {k: v for k, v in base.items() if k != "embed.weight"},
+        subspace_k=3,
+    )
+    for name in ("right_subspace_overlap_bottom", "interaction_overlap_bottom"):
+        assert lay[name] == pytest.approx(only.layers[name], rel=1e-12)
+    doc = json.loads(result.to_json())
+    assert doc["layers"]["bottom_rank_deficient"] == 1
+
+
+def test_cli_base_that_is_one_of_the_models(files, capsys) -> None:
+    code = main(["diagnose", str(files[0]), str(files[1]), "--base", str(files[0])])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert (
+        f"note: {files[0]} equals the base in every tensor compared (its task vector is 0: is "
+        "--base one of the models?); cosine, angle and the per-layer overlaps are n/a"
+    ) in out
+    assert f"  cosine{' ' * 29}n/a" in out
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            ["--data", "nosuchspec", "--arch", "cnn"],
+            "unknown dataset 'nosuchspec'; known: mnist5k, digits, cifar10,",
+        ),
+        (["--data", "digits"], "--arch is needed for the data metrics: A does not record its"),
+    ],
+)
+def test_cli_data_options_checked_before_the_weight_pass(
+    files, monkeypatch, capsys, extra, message
+) -> None:
+    """A bad --data spec or a missing --arch fails at once (one line, exit 2), not after the
+    weight pass, which takes minutes on a large model."""
+
+    def no_weight_pass(*args, **kwargs):
+        raise AssertionError("the weight pass ran before the data options were checked")
+
+    monkeypatch.setattr(diagnose_module, "weight_metrics", no_weight_pass)
+    code = main(["diagnose", str(files[0]), str(files[1]), "--base", str(files[2]), *extra])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith(f"mergelab: error: {message}")
+    assert err.count("\n") == 1

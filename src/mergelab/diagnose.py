@@ -4,8 +4,10 @@
 
 * weight-only metrics (no data, no torch): one pass over the checkpoints, tensor by tensor
   and chunk by chunk, accumulating float64 sums (the task vectors' Gram matrix, ||A - B||,
-  per-tensor moments); a 2-D weight's two task-vector matrices are held only while their
-  SVDs are taken, so memory follows the largest tensor, not the model;
+  per-tensor moments); for an m x n weight with m >= n <= ``gram_max`` the n x n float64
+  A^T A, B^T B and A^T B are added chunk by chunk (row-aligned) and nothing else is kept;
+  other 2-D weights (m < n, or over the cap) hold their two task vectors (float32) while
+  their spectra are taken, so memory follows the largest tensor, not the model;
 * data metrics (``data=``): activations, encoder and input gradients, each model on its own
   task's samples with its own head, and the loss barrier along the line from A to B.
 
@@ -27,13 +29,13 @@ import numpy as np
 
 from mergelab.analysis.mergeability import (
     DESCRIPTIONS,
+    GramPair,
     GramSums,
     compare_activations,
     compare_vectors,
-    layer_metrics,
-    layer_spectra,
     loss_barrier,
     mean_metrics,
+    pair_metrics,
     stacked_metrics,
 )
 from mergelab.engine.plan import CHUNK_ELEMENTS, check_inputs
@@ -280,7 +282,7 @@ def weight_metrics(
     exclude: str | None = None,
     spectrum_k: int = 100,
     subspace_k: int = 10,
-    full_svd_max: int = 1024,
+    gram_max: int = 1024,
     key: str | None = None,
     strip_prefix: str | None = None,
 ) -> tuple[dict[str, float], dict[str, Any], list[dict[str, Any]], list[str]]:
@@ -288,8 +290,8 @@ def weight_metrics(
     statistics per tensor, notes). One streaming pass; checkpoints opened here are closed."""
     if spectrum_k < 1 or subspace_k < 1:
         raise ConfigError(f"spectrum_k and subspace_k must be >= 1, got {spectrum_k}, {subspace_k}")
-    if full_svd_max < 0:
-        raise ConfigError(f"full_svd_max must be >= 0, got {full_svd_max}")
+    if gram_max < 0:
+        raise ConfigError(f"gram_max must be >= 0, got {gram_max}")
     try:
         pattern = re.compile(exclude) if exclude else None
     except re.error as exc:
@@ -303,7 +305,7 @@ def weight_metrics(
             if ckpt is not source:
                 opened.append(ckpt)
             ckpts.append(ckpt)
-        return _weight_pass(*ckpts, pattern, spectrum_k, subspace_k, full_svd_max)
+        return _weight_pass(*ckpts, pattern, spectrum_k, subspace_k, gram_max)
     finally:
         for ckpt in opened:
             ckpt.close()
@@ -316,7 +318,7 @@ def _weight_pass(
     pattern: re.Pattern[str] | None,
     spectrum_k: int,
     subspace_k: int,
-    full_svd_max: int,
+    gram_max: int,
 ) -> tuple[dict[str, float], dict[str, Any], list[dict[str, Any]], list[str]]:
     def kept(ckpt: Checkpoint) -> _Headers:
         infos = {n: i for n, i in ckpt.infos.items() if not (pattern and pattern.search(n))}
@@ -334,19 +336,28 @@ def _weight_pass(
     tensor_ranks: list[float] = []
     layer_rows: list[dict[str, float]] = []
     stats: list[dict[str, Any]] = []
-    zero, no_bottom = 0, 0
+    zero = 0
+    bottom = {"bottom": 0, "rank_deficient": 0, "over_cap": 0}
+    pair: GramPair | None = None
+    taus: list[np.ndarray] | None = None
     for name in names:
+        pair = taus = None  # the last tensor's, freed before this one's are allocated
         info = ca.infos[name]
         numel = info.numel
         shape = matrix_shape(name, info.shape, "", "", True)
         matrix = shape if shape is not None and min(shape) >= 2 else None
+        # m >= n under the cap: A^T A, B^T B, A^T B from row blocks, nothing held; else the
+        # two task vectors are held (in float32 unless a checkpoint stores float64).
+        streamed = matrix is not None and matrix[1] <= min(matrix[0], gram_max)
+        pair = GramPair(matrix[1]) if streamed and matrix else None
         dtype = (
             np.float64 if "F64" in {c.infos[name].dtype for c in (ca, cb, cbase)} else np.float32
         )
-        taus = [np.empty(numel, dtype), np.empty(numel, dtype)] if matrix else None
+        taus = [np.empty(numel, dtype), np.empty(numel, dtype)] if matrix and not pair else None
+        step = max(1, CHUNK_ELEMENTS // matrix[1]) * matrix[1] if pair else CHUNK_ELEMENTS
         sums, moments = GramSums(), [_Moments(), _Moments(), _Moments()]
-        for start in range(0, numel, CHUNK_ELEMENTS):
-            stop = min(start + CHUNK_ELEMENTS, numel)
+        for start in range(0, numel, step):
+            stop = min(start + step, numel)
             xa, xb, xbase = (_read(c, name, start, stop) for c in (ca, cb, cbase))
             moments[0].add(xa)
             moments[1].add(xb)
@@ -354,6 +365,8 @@ def _weight_pass(
             xa -= xbase
             xb -= xbase
             sums.add(xa, xb)
+            if pair is not None:
+                pair.add(xa, xb)
             if taus is not None:
                 taus[0][start:stop] = xa
                 taus[1][start:stop] = xb
@@ -361,36 +374,59 @@ def _weight_pass(
         stats.append(_stats_row(name, numel, *moments))
         if sums.aa > 0 or sums.bb > 0:
             tensor_ranks.append(stacked_metrics(sums.aa, sums.bb, sums.ab)["effective_rank"])
-        if taus is None or matrix is None:
+        if matrix is None:
             continue
         if sums.aa == 0 or sums.bb == 0:
             zero += 1
             continue
-        full = min(matrix) <= full_svd_max
-        no_bottom += not full
-        spectra = [
-            layer_spectra(
-                t.reshape(matrix), spectrum_k=spectrum_k, subspace_k=subspace_k, full=full
+        if pair is not None:
+            row, determined = pair.metrics(
+                transposed=False, spectrum_k=spectrum_k, subspace_k=subspace_k
             )
-            for t in taus
-        ]
-        del taus
-        layer_rows.append(layer_metrics(*spectra, spectrum_k=spectrum_k))
+            how = "bottom" if determined else "rank_deficient"
+        else:
+            assert taus is not None
+            row, how = pair_metrics(
+                taus[0].reshape(matrix),
+                taus[1].reshape(matrix),
+                spectrum_k=spectrum_k,
+                subspace_k=subspace_k,
+                gram_max=gram_max,
+            )
+        bottom[how] += 1
+        layer_rows.append(row)
     weights = {**compare_vectors(total.aa, total.bb, total.ab, total.dd)}
     weights.update(stacked_metrics(total.aa, total.bb, total.ab))
     layerwise = float(np.mean(tensor_ranks)) if tensor_ranks else math.nan
     weights["layerwise_effective_rank"] = layerwise
     weights["layerwise_effective_rank_score"] = 2.0 - layerwise
     layers: dict[str, Any] = mean_metrics(layer_rows, list(LAYER_METRICS))
-    bottom = len(layer_rows) - no_bottom
-    layers.update(matrices=len(layer_rows), bottom_matrices=bottom, zero_skipped=zero)
+    layers.update(
+        matrices=len(layer_rows),
+        bottom_matrices=bottom["bottom"],
+        bottom_rank_deficient=bottom["rank_deficient"],
+        bottom_over_cap=bottom["over_cap"],
+        zero_skipped=zero,
+    )
     notes = []
-    if no_bottom:
+    if bottom["over_cap"]:
         notes.append(
-            f"bottom-k overlaps: {no_bottom} of {len(layer_rows)} 2-D weights skipped "
-            f"(min(m, n) > --full-svd-max {full_svd_max}; their top-k metrics use a "
-            f"randomized SVD); raise --full-svd-max to include them"
+            f"bottom-k overlaps: {bottom['over_cap']} of {len(layer_rows)} 2-D weights skipped "
+            f"(min(m, n) > --gram-max {gram_max}; their top-k metrics use a randomized SVD); "
+            f"raise --gram-max to include them"
         )
+    if bottom["rank_deficient"]:
+        notes.append(
+            f"bottom-k overlaps: {bottom['rank_deficient']} of {len(layer_rows)} 2-D weights "
+            f"left out: a task vector is rank-deficient there (more than k singular values "
+            f"below 1e-5 s_1), so its bottom-k singular vectors are not determined"
+        )
+    for label, norm in ((ca.label, total.aa), (cb.label, total.bb)):
+        if norm == 0:
+            notes.append(
+                f"{label} equals the base in every tensor compared (its task vector is 0: is "
+                f"--base one of the models?); cosine, angle and the per-layer overlaps are n/a"
+            )
     if zero:
         notes.append(f"{zero} 2-D weight(s) left out of the per-layer metrics: a task vector is 0")
     if not layer_rows:
@@ -594,6 +630,46 @@ def _barrier(
     }
 
 
+def _check_data_options(
+    a: ModelLike,
+    data: str | Sequence[str],
+    arch: str | None,
+    samples: int,
+    alphas: int,
+    batch_size: int,
+    label: str,
+) -> tuple[list[str], str]:
+    """(dataset specs, architecture) once the data options are known to be usable: checked
+    before the weight pass, which takes minutes on a large model."""
+    from mergelab.data import known_datasets, parse_spec
+    from mergelab.data.errors import DatasetError
+    from mergelab.data.subset import split_subset
+
+    specs = [data] if isinstance(data, str) else list(data)
+    if len(specs) not in (1, 2):
+        raise ConfigError(
+            f"--data: give one dataset spec, or two (one per model); got {len(specs)}"
+        )
+    for spec in specs:
+        name = parse_spec(split_subset(spec)[0])[0]
+        if name not in known_datasets():
+            raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(known_datasets())}")
+    if samples < 1:
+        raise ConfigError(f"--samples must be >= 1, got {samples}")
+    if alphas < 2:
+        raise ConfigError(f"--alphas must be >= 2 (0 and 1 at least), got {alphas}")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    if arch is None:
+        arch = _infer_arch(a) if not isinstance(a, Mapping) else None
+        if arch is None:
+            raise ConfigError(
+                f"--arch is needed for the data metrics: {label} does not record its "
+                f"architecture (e.g. --arch cnn; see `mergelab compare --help` for the names)"
+            )
+    return specs, arch
+
+
 def data_metrics(
     a: ModelLike,
     b: ModelLike,
@@ -620,24 +696,7 @@ def data_metrics(
     from mergelab.device import choose_device
     from mergelab.models import split_model
 
-    specs = [data] if isinstance(data, str) else list(data)
-    if len(specs) not in (1, 2):
-        raise ConfigError(
-            f"--data: give one dataset spec, or two (one per model); got {len(specs)}"
-        )
-    if samples < 1:
-        raise ConfigError(f"--samples must be >= 1, got {samples}")
-    if alphas < 2:
-        raise ConfigError(f"--alphas must be >= 2 (0 and 1 at least), got {alphas}")
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
-    if arch is None:
-        arch = _infer_arch(a) if not isinstance(a, Mapping) else None
-        if arch is None:
-            raise ConfigError(
-                f"--arch is needed for the data metrics: {labels[0]} does not record its "
-                f"architecture (e.g. --arch cnn; see `mergelab compare --help` for the names)"
-            )
+    specs, arch = _check_data_options(a, data, arch, samples, alphas, batch_size, labels[0])
     dev = choose_device(device)
     torch.manual_seed(seed)
     splits = [load_dataset(s, seed=seed) for s in specs]
@@ -734,7 +793,7 @@ def diagnose(
     device: str | None = None,
     spectrum_k: int = 100,
     subspace_k: int = 10,
-    full_svd_max: int = 1024,
+    gram_max: int = 1024,
     key: str | None = None,
     strip_prefix: str | None = None,
 ) -> Diagnosis:
@@ -743,6 +802,8 @@ def diagnose(
     ``arch``, unless A records it); without data they are listed in ``skipped``."""
     if heads is not None and len(heads) != 2:
         raise ConfigError(f"--heads: give two head checkpoints (A's, B's), got {len(heads)}")
+    if data is not None:
+        _check_data_options(a, data, arch, samples, alphas, batch_size, "A")
     weights, layers, stats, notes = weight_metrics(
         a,
         b,
@@ -750,14 +811,14 @@ def diagnose(
         exclude=exclude,
         spectrum_k=spectrum_k,
         subspace_k=subspace_k,
-        full_svd_max=full_svd_max,
+        gram_max=gram_max,
         key=key,
         strip_prefix=strip_prefix,
     )
     settings: dict[str, Any] = {
         "spectrum_k": spectrum_k,
         "subspace_k": subspace_k,
-        "full_svd_max": full_svd_max,
+        "gram_max": gram_max,
         "exclude": exclude,
     }
     result = Diagnosis(

@@ -52,12 +52,13 @@ def add_diagnose_parser(sub: argparse._SubParsersAction) -> None:
         "when the tasks' heads differ)",
     )
     w.add_argument(
-        "--full-svd-max",
+        "--gram-max",
         type=_int_in(0, 10**6),
         default=1024,
         metavar="N",
-        help="full SVD (needed for the bottom-k overlaps) only for weights with min(m, n) <= N; "
-        "larger ones get a randomized top-k SVD (default 1024)",
+        help="bottom-k overlaps (eigenvectors of the N x N float64 Gram matrix, 3 N^2 x 8 "
+        "bytes and O(N^3) time per weight) only for weights with min(m, n) <= N; larger ones "
+        "get a randomized top-k SVD (default 1024; 0: top-k only)",
     )
     w.add_argument(
         "--spectrum-k",
@@ -143,7 +144,7 @@ def _run_diagnose(args: argparse.Namespace) -> int:
         device=args.device,
         spectrum_k=args.spectrum_k,
         subspace_k=args.subspace_k,
-        full_svd_max=args.full_svd_max,
+        gram_max=args.gram_max,
         key=args.key,
         strip_prefix=args.strip_prefix,
     )

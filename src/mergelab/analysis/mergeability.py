@@ -7,7 +7,9 @@ element (``aa = <tau_A, tau_A>``, ``bb``, ``ab`` and ``dd = ||tau_A - tau_B||^2`
 are computed from sums that :mod:`mergelab.diagnose` accumulates tensor by tensor; the
 stacked 2 x d matrix ``M = [tau_A; tau_B]`` has the Gram matrix ``[[aa, ab], [ab, bb]]``,
 whose eigenvalues are the squares of M's two singular values. The per-layer subspace
-metrics take one tensor's task vectors as matrices.
+metrics of a 2-D weight come from the float64 Gram matrices of its two task vectors'
+short side (:class:`GramPair`, added row block by row block: no full SVD, and for
+m >= n not even the matrices held), or, above a size cap, from a randomized top-k SVD.
 
 Where the paper's definitions are loose, the formula chosen is written in each function's
 docstring (and in :data:`DESCRIPTIONS`, which ``mergelab diagnose --json`` writes out).
@@ -20,11 +22,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from mergelab.methods.svd import randomized_svd
 
 __all__ = [
     "DESCRIPTIONS",
+    "GramPair",
     "GramSums",
     "LayerSpectra",
     "compare_activations",
@@ -36,6 +40,7 @@ __all__ = [
     "layer_spectra",
     "loss_barrier",
     "mean_metrics",
+    "pair_metrics",
     "spectrum_overlap",
     "stable_rank",
     "stacked_metrics",
@@ -67,15 +72,19 @@ DESCRIPTIONS: dict[str, str] = {
     "(k = subspace_k): root mean square cosine of the principal angles, 1 same subspace, "
     "0 orthogonal; mean over 2-D weights",
     "right_subspace_overlap_top": "||V_A^T V_B||_F / sqrt(k) of the top-k right singular "
-    "vectors; mean over 2-D weights",
+    "vectors; mean over 2-D weights. Top-k uses k' = min(k, rank A, rank B) vectors (a "
+    "singular value below 1e-5 s_1 counts as 0; vectors of 0 are arbitrary)",
     "right_subspace_overlap_bottom": "||V_A^T V_B||_F / sqrt(k) of the k right singular vectors "
-    "of the smallest of the min(m, n) singular values (full SVD: only weights with "
-    "min(m, n) <= full_svd_max); mean over those weights",
+    "of the smallest of the min(m, n) singular values, from the eigenvectors of the float64 "
+    "Gram matrix of the short side (weights with min(m, n) <= gram_max); mean over those "
+    "weights, leaving out the rank-deficient ones where these vectors are not determined "
+    "(more than k zero singular values; for m < n, any zero among the k): counted in "
+    "layers.bottom_rank_deficient",
     "interaction_overlap_top": "mean of the squared singular values of the interaction matrix "
     "V_A^T V_B (top-k right singular vectors) = mean squared cosine of the principal angles "
     "(per weight the square of right_subspace_overlap_top); mean over 2-D weights",
     "interaction_overlap_bottom": "as interaction_overlap_top with the bottom-k right singular "
-    "vectors (full SVD only)",
+    "vectors (the weights of right_subspace_overlap_bottom)",
     # with data
     "activation_l2": "||a_A - a_B||, a_X = model X's output of the chosen layer (default: the "
     "penultimate features) averaged over positions and samples; both models see the same "
@@ -208,68 +217,184 @@ def spectrum_overlap(s_a: np.ndarray, s_b: np.ndarray, k: int = 100) -> float:
     return float(a @ b / (na * nb)) if na > 0 and nb > 0 else math.nan
 
 
+ZERO_RTOL = 1e-5
+"""A singular value below ZERO_RTOL * s_1 counts as zero. The float64 Gram matrix resolves
+singular values down to about sqrt(max(m, n) * eps) * s_1 (3e-6 s_1 for 32000 rows)."""
+
+
+def _overlaps(product: np.ndarray) -> tuple[float, float]:
+    """(||M||_F / sqrt(k), ||M||_F^2 / k) of the k x k product M = Q_A^T Q_B of two
+    orthonormal bases: the root mean square and the mean squared cosine of the principal
+    angles (the latter = the mean squared singular value of the interaction matrix M)."""
+    k = product.shape[0]
+    if k == 0:  # no determined direction (a zero matrix)
+        return math.nan, math.nan
+    frob2 = float((product**2).sum())
+    return min(1.0, math.sqrt(frob2 / k)), min(1.0, frob2 / k)
+
+
 def subspace_overlap(q_a: np.ndarray, q_b: np.ndarray) -> float:
     """||Q_A^T Q_B||_F / sqrt(k) for two sets of k orthonormal columns: the root mean square
     cosine of the principal angles between the subspaces; 1 for the same subspace, 0 for
     orthogonal ones. (The paper's code divides the left overlap by k instead of sqrt(k),
     which caps it at 1/sqrt(k); sqrt(k) gives both sides the same 0..1 scale.)"""
-    k = q_a.shape[1]
-    if k == 0 or q_b.shape[1] != k:
-        raise ValueError(f"need two bases of the same k >= 1 columns, got {q_a.shape}, {q_b.shape}")
-    m = q_a.T.astype(np.float64) @ q_b.astype(np.float64)
-    return float(min(1.0, np.linalg.norm(m) / math.sqrt(k)))
+    return _overlaps(_product(q_a, q_b))[0]
 
 
 def interaction_overlap(q_a: np.ndarray, q_b: np.ndarray) -> float:
     """Mean of the squared singular values of the interaction matrix Q_A^T Q_B (k x k), the
     squared cosines of the principal angles: ||Q_A^T Q_B||_F^2 / k, in 0..1."""
+    return _overlaps(_product(q_a, q_b))[1]
+
+
+def _product(q_a: np.ndarray, q_b: np.ndarray) -> np.ndarray:
     k = q_a.shape[1]
     if k == 0 or q_b.shape[1] != k:
         raise ValueError(f"need two bases of the same k >= 1 columns, got {q_a.shape}, {q_b.shape}")
-    sigma = np.linalg.svd(q_a.T.astype(np.float64) @ q_b.astype(np.float64), compute_uv=False)
-    return float(min(1.0, (sigma**2).mean()))
+    return q_a.T.astype(np.float64) @ q_b.astype(np.float64)
+
+
+def _rank(s: np.ndarray) -> int:
+    """Singular values (decreasing) above ZERO_RTOL * s_1."""
+    return int(np.count_nonzero(s > ZERO_RTOL * s[0])) if s.size and s[0] > 0 else 0
+
+
+class GramPair:
+    """A^T A, B^T B and A^T B (float64, n x n) of two m x n matrices (m >= n) added row block
+    by row block: all the per-layer metrics need, without holding A or B (memory 3 n^2
+    float64 + one block). The Gram matrix squares the condition number, hence float64: the
+    k bottom right singular vectors come out accurate to about eps * s_1^2 / (s_(n-k)^2 -
+    s_(n-k+1)^2), better than a float32 SVD's eps_32 * s_1 / (s_(n-k) - s_(n-k+1))."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.aa = np.zeros((n, n))
+        self.bb = np.zeros((n, n))
+        self.ab = np.zeros((n, n))
+        self.rows = 0
+
+    def add(self, a_rows: np.ndarray, b_rows: np.ndarray) -> None:
+        a = np.asarray(a_rows, dtype=np.float64).reshape(-1, self.n)
+        b = np.asarray(b_rows, dtype=np.float64).reshape(-1, self.n)
+        self.aa += a.T @ a
+        self.bb += b.T @ b
+        self.ab += a.T @ b
+        self.rows += a.shape[0]
+
+    @classmethod
+    def of(cls, a: np.ndarray, b: np.ndarray, block_elements: int = 1 << 20) -> GramPair:
+        """The Gram matrices of the short side of two m x n matrices in memory: of A and B
+        when m >= n, else of A^T and B^T (blocks of columns, converted block by block)."""
+        if a.shape[0] < a.shape[1]:
+            a, b = a.T, b.T
+        m, n = a.shape
+        pair = cls(n)
+        step = max(1, block_elements // n)
+        for start in range(0, m, step):
+            pair.add(a[start : start + step], b[start : start + step])
+        return pair
+
+    def metrics(
+        self, *, transposed: bool, spectrum_k: int = 100, subspace_k: int = 10
+    ) -> tuple[dict[str, float], bool]:
+        """(the per-layer metrics, whether the bottom-k ones are determined). ``transposed``:
+        the rows added were those of the weights' transposes (m < n), so the Gram side is
+        the weights' left side.
+
+        The eigenvectors of A^T A are A's right singular vectors V (eigenvalues s^2); the
+        other side's never appear: U_A^T U_B = S_A^-1 V_A^T (A^T B) V_B S_B^-1. Top-k uses
+        k' = min(k, rank A, rank B) vectors (those of a zero singular value are arbitrary).
+        The bottom-k right subspace (the k smallest of the min(m, n) singular values) is
+        left out (second value False) where it is not determined by the weights: when more
+        than k singular values are 0 (any basis of the null space would do), or, for m < n,
+        when any of the k is 0."""
+        # One BLAS thread: LAPACK's eigh of n ~ 1000 gains little from threads, and with
+        # more threads than free cores it slows down 50-fold (OpenBLAS, measured).
+        with threadpool_limits(limits=1, user_api="blas"):
+            la, wa = np.linalg.eigh(self.aa)
+            lb, wb = np.linalg.eigh(self.bb)
+        sa = np.sqrt(np.clip(la[::-1], 0.0, None))
+        sb = np.sqrt(np.clip(lb[::-1], 0.0, None))
+        wa, wb = wa[:, ::-1], wb[:, ::-1]
+        n = self.n
+        out = {"singular_value_overlap": spectrum_overlap(sa, sb, spectrum_k)}
+        rank = min(_rank(sa), _rank(sb))
+        k = min(subspace_k, rank)
+        gram_top = wa[:, :k].T @ wb[:, :k]
+        other_top = self._other(wa[:, :k], sa[:k], wb[:, :k], sb[:k])
+        right, left = (other_top, gram_top) if transposed else (gram_top, other_top)
+        out["left_subspace_overlap"] = _overlaps(left)[0]
+        out["right_subspace_overlap_top"], out["interaction_overlap_top"] = _overlaps(right)
+        k = min(subspace_k, n)
+        bottom = slice(n - k, n)
+        # m < n: V = A^T U S^-1, each of the k singular values must be non-zero; m >= n:
+        # the eigenvectors themselves, at most k zero singular values.
+        determined = rank == n if transposed else (k == n or n - k - 1 < rank)
+        if determined:
+            if transposed:
+                product = self._other(wa[:, bottom], sa[bottom], wb[:, bottom], sb[bottom])
+            else:
+                product = wa[:, bottom].T @ wb[:, bottom]
+            pair = _overlaps(product)
+            out["right_subspace_overlap_bottom"], out["interaction_overlap_bottom"] = pair
+        return out, determined
+
+    def _other(self, wa: np.ndarray, sa: np.ndarray, wb: np.ndarray, sb: np.ndarray) -> np.ndarray:
+        """Q_A^T Q_B of the other side's singular vectors, Q_X = X W_X S_X^-1."""
+        return (wa.T @ self.ab @ wb) / sa[:, None] / sb[None, :]
 
 
 @dataclass
 class LayerSpectra:
-    """What the per-layer metrics need from one matrix: its top singular values and
-    vectors, and (full SVD only) the bottom right singular vectors."""
+    """What the randomized per-layer metrics need from one matrix: its top singular values
+    and vectors."""
 
     s: np.ndarray  # leading singular values (up to max(spectrum_k, subspace_k))
     u: np.ndarray  # top subspace_k left singular vectors, (m, k)
     v: np.ndarray  # top subspace_k right singular vectors, (n, k)
-    v_bottom: np.ndarray | None  # the last subspace_k right singular vectors, (n, k)
 
 
 def layer_spectra(
-    matrix: np.ndarray, *, spectrum_k: int = 100, subspace_k: int = 10, full: bool
+    matrix: np.ndarray, *, spectrum_k: int = 100, subspace_k: int = 10
 ) -> LayerSpectra:
-    """Singular values and vectors of one task-vector matrix: a full (thin) SVD when
-    ``full`` (then the bottom vectors too), else the randomized SVD of
-    :func:`mergelab.methods.svd.randomized_svd` for the leading ``max(spectrum_k,
-    subspace_k)`` triplets (seeded: deterministic)."""
-    r = min(matrix.shape)
-    k = min(subspace_k, r)
-    if full:
-        u, s, vt = np.linalg.svd(matrix, full_matrices=False)
-        return LayerSpectra(s[:spectrum_k], u[:, :k], vt[:k].T, vt[r - k :].T)
+    """The leading ``max(spectrum_k, subspace_k)`` singular triplets of one task-vector
+    matrix by the randomized SVD of :func:`mergelab.methods.svd.randomized_svd` (seeded:
+    deterministic), in the matrix's dtype: for weights over the Gram cap."""
+    k = min(subspace_k, min(matrix.shape))
     u, s, vt = randomized_svd(matrix, max(spectrum_k, subspace_k))
-    return LayerSpectra(s[:spectrum_k], u[:, :k], vt[:k].T, None)
+    return LayerSpectra(s[:spectrum_k], u[:, :k], vt[:k].T)
 
 
 def layer_metrics(a: LayerSpectra, b: LayerSpectra, spectrum_k: int = 100) -> dict[str, float]:
-    """The per-layer subspace metrics of two matrices' spectra (bottom ones when both have
-    bottom vectors)."""
-    out = {
-        "singular_value_overlap": spectrum_overlap(a.s, b.s, spectrum_k),
-        "left_subspace_overlap": subspace_overlap(a.u, b.u),
-        "right_subspace_overlap_top": subspace_overlap(a.v, b.v),
-        "interaction_overlap_top": interaction_overlap(a.v, b.v),
-    }
-    if a.v_bottom is not None and b.v_bottom is not None:
-        out["right_subspace_overlap_bottom"] = subspace_overlap(a.v_bottom, b.v_bottom)
-        out["interaction_overlap_bottom"] = interaction_overlap(a.v_bottom, b.v_bottom)
+    """The top-k per-layer metrics of two matrices' spectra (k' = min(k, rank A, rank B))."""
+    k = min(a.u.shape[1], _rank(np.asarray(a.s)), _rank(np.asarray(b.s)))
+    right = a.v[:, :k].T.astype(np.float64) @ b.v[:, :k]
+    left = a.u[:, :k].T.astype(np.float64) @ b.u[:, :k]
+    out = {"singular_value_overlap": spectrum_overlap(a.s, b.s, spectrum_k)}
+    out["left_subspace_overlap"] = _overlaps(left)[0]
+    out["right_subspace_overlap_top"], out["interaction_overlap_top"] = _overlaps(right)
     return out
+
+
+def pair_metrics(
+    a: np.ndarray,
+    b: np.ndarray,
+    *,
+    spectrum_k: int = 100,
+    subspace_k: int = 10,
+    gram_max: int = 1024,
+) -> tuple[dict[str, float], str]:
+    """The per-layer metrics of two task-vector matrices in memory and how the bottom-k ones
+    went: ("bottom", the Gram of the short side, min(m, n) <= gram_max), ("rank_deficient",
+    the Gram, bottom-k not determined) or ("over_cap", randomized top-k SVD only)."""
+    if min(a.shape) <= gram_max:
+        pair = GramPair.of(a, b)
+        row, determined = pair.metrics(
+            transposed=a.shape[0] < a.shape[1], spectrum_k=spectrum_k, subspace_k=subspace_k
+        )
+        return row, "bottom" if determined else "rank_deficient"
+    spectra = [layer_spectra(x, spectrum_k=spectrum_k, subspace_k=subspace_k) for x in (a, b)]
+    return layer_metrics(*spectra, spectrum_k=spectrum_k), "over_cap"
 
 
 def compare_activations(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
