@@ -92,6 +92,16 @@ def test_table_figure_and_claims(out, tmp_path) -> None:
     assert fig_multitask(results, tmp_path)[0].is_file()
     claims = evaluate_claims(results, [c for c in CLAIMS if c.key.startswith("multitask")])
     assert [c.key for c in claims] == ["multitask_method_ranking", "multitask_cart_rank"]
+    # claims.md lists this paper's claims; the other paper's, whose studies did not run,
+    # are one sentence (the same in report.html).
+    others = sum(1 for c in CLAIMS if c.study.name != "multitask")
+    text = (out / "claims.md").read_text()
+    assert text.startswith('# Claims of "Revisiting Weight Averaging for Model Merging"')
+    assert f'did not run here: the {others} claims of "Rethinking' in text
+    assert "## ens_logits_beats_uniform_soup" not in text and "## multitask_cart_rank" in text
+    assert f"the {others} claims of &ldquo;Rethinking" in (out / "report.html").read_text() or (
+        f"the {others} claims of &quot;Rethinking" in (out / "report.html").read_text()
+    )
     for c in claims:  # each task's test examples are resampled: every condition has an interval
         assert c.verdict in ("reproduced", "contradicted", "inconclusive")
         assert all(m.interval is not None for m in c.conditions)

@@ -47,6 +47,8 @@ from mergelab.studies.registry import (
     CROSS_TASK,
     MAGNITUDE,
     MULTITASK,
+    PAPERS,
+    STUDIES,
     TEMPLATES,
     WEIGHT_STATS,
     WVF,
@@ -68,6 +70,7 @@ __all__ = [
     "evaluate_claims",
     "family_depth",
     "markdown_table",
+    "papers_not_run",
     "run_sanity_checks",
     "write_claims_md",
 ]
@@ -1049,10 +1052,29 @@ def sanity_label(s: Sanity) -> str:
     return "not run" if s.passed is None else "passed" if s.passed else "FAILED"
 
 
+def papers_not_run(claims: list[Claim]) -> tuple[list[Claim], str]:
+    """The claims to show, and a sentence naming the papers none of whose claims could be
+    measured (their studies did not run): a multi-task run does not list every finding of
+    the other paper as "not measured"; a run that measured nothing lists everything."""
+    paper = {c.key: STUDIES[c.study].paper if c.study in STUDIES else "" for c in claims}
+    measured = {paper[c.key] for c in claims if c.verdict != NOT_MEASURED}
+    if not measured:
+        return claims, ""
+    shown = [c for c in claims if paper[c.key] in measured]
+    hidden = [p for p in PAPERS if p not in measured and any(paper[k] == p for k in paper)]
+    if not hidden:
+        return shown, ""
+    counts = {p: sum(1 for k in paper if paper[k] == p) for p in hidden}
+    names = "; ".join(f'the {counts[p]} claims of "{p}"' for p in hidden)
+    return shown, f"Not measured, as their studies did not run here: {names}."
+
+
 def write_claims_md(
     claims: list[Claim], path: Path, sanity: list[Sanity] | None = None, note: str = ""
 ) -> Path:
     """Write ``claims.md``: the verdict table, the sanity checks, then each claim's details."""
+    claims, not_run = papers_not_run(claims)
+    note = " ".join(n for n in (note, not_run) if n)
     measured = [c.study for c in claims if c.verdict != NOT_MEASURED]
     papers = papers_of(measured or [c.study for c in claims])
     lines = [

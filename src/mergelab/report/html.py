@@ -25,6 +25,7 @@ from mergelab.report.claims import (
     Claim,
     Sanity,
     evaluate_claims,
+    papers_not_run,
     run_sanity_checks,
     sanity_label,
     seed_note,
@@ -184,6 +185,8 @@ def _sanity_html(checks: list[Sanity]) -> str:
 
 
 def _claims_html(claims: list[Claim], note: str = "") -> str:
+    claims, not_run = papers_not_run(claims)
+    note = " ".join(n for n in (note, not_run) if n)
     head = (
         '<table class="claims"><thead><tr><th class="text">Finding</th>'
         '<th class="text">Measured here</th><th class="text">Verdict</th></tr></thead><tbody>'
