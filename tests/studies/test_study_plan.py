@@ -212,3 +212,33 @@ def test_multitask_dry_run_counts_its_training_and_every_merge_pass(seeds) -> No
     # val 1 + 6 * 4 (methods) + 2 * 4 (ranks) = 33, test 7 + 2 + 2 (own and pre-trained
     # backbones) = 11; each task of the pair: val 1 + 4, test 2.
     assert (t.val_passes, t.test_passes) == ((3 * 33 + 2 * 5) * k, (3 * 11 + 2 * 2) * k)
+
+
+def test_multitask_dry_run_counts_what_it_can_when_a_task_is_not_on_disk(tmp_path) -> None:
+    """The user's suite names an ImageFolder task that is not there yet: the dry run says
+    so in a note, counts the other task, and lists the files a real run would read."""
+    from mergelab.studies.config import StudyConfig
+
+    missing = tmp_path / "pets"
+    config = StudyConfig(
+        name="mt",
+        templates={"enabled": False},
+        magnitude={"enabled": False},
+        weight_stats=False,
+        multitask={
+            "enabled": True,
+            "tasks": [f"imagefolder:{missing}", "mt-parity"],
+            "arch": "mlp",
+            "pretrained": str(tmp_path / "pre.safetensors"),
+            "checkpoints": [str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors")],
+            "methods": ["linear"],
+            "ranks": [],
+            "task_counts": [],
+        },
+    )
+    plan = plan_study(config)
+    t = plan.studies["multitask"]
+    assert t.runs == 0 and t.test_passes == 3  # mt-parity: own, pre-trained, linear
+    notes = "\n".join(plan.notes)
+    assert f"multitask: imagefolder:{missing} not counted" in notes
+    assert f"reads multitask.checkpoints[1]: {tmp_path / 'b.safetensors'}" in notes
