@@ -175,9 +175,9 @@ def main() -> int:
             shutil.rmtree(ours, ignore_errors=True)
             results.append(row)
             print("  " + json.dumps(row), flush=True)
-    print(
-        "\nlayers  method            mergelab s  RSS GB | mergekit s  RSS GB | speedup  max|diff|"
-    )
+    # Timings on a shared machine are only comparable within one run: say how busy it was.
+    print("\nload average (1, 5, 15 min): " + ", ".join(f"{x:.2f}" for x in os.getloadavg()))
+    print("layers  method            mergelab s  RSS GB | mergekit s  RSS GB | speedup  max|diff|")
     for r in results:
         mk = r.get("mergekit", {})
         print(

@@ -236,16 +236,20 @@ class _Run:
                 base_full.append(None if base is None else reader.read(base, t, 0, t.numel))
             return reader.delta(i, t, 0, t.numel, base_full[0])
 
-        def chunks() -> Iterator[tuple[int, np.ndarray]]:
+        def chunks(raw: bool = False) -> Iterator[tuple[int, np.ndarray]]:
+            """Task vectors, or (``raw``) the values of every input: models, then base."""
+            rows = plan.inputs if raw else plan.models
             for start, stop in _chunks(t.numel, False):
-                stack = np.empty((len(plan.models), stop - start), dtype=t.compute_dtype)
-                for i, ckpt in enumerate(plan.models):
+                stack = np.empty((len(rows), stop - start), dtype=t.compute_dtype)
+                for i, ckpt in enumerate(rows):
                     reader.read_into(ckpt, t, start, stack[i])
-                if plan.base is not None:
+                if plan.base is not None and not raw:
                     stack -= reader.read(plan.base, t, start, stop)
                 yield start, stack
 
-        access = DeltaAccess(len(plan.models), tensor=tensor, chunks=chunks)
+        access = DeltaAccess(
+            len(plan.models), tensor=tensor, chunks=chunks, inputs=lambda: chunks(True)
+        )
         return self.method.tensor_statistics(ctx, access)
 
     # -- the chunks ---------------------------------------------------------------------------

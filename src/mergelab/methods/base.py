@@ -88,13 +88,15 @@ class DeltaAccess:
     ``chunks()`` yields ``(start, values)`` over the parameter, ``values`` the ``[n, length]``
     task vectors of every model for the flat range from ``start`` (memory: one chunk).
     Model scope: ``stream(i)`` yields ``(TensorContext, values)`` over every merged parameter
-    of model i.
+    of model i. ``inputs()`` is ``chunks()`` of the stored values themselves, not task
+    vectors: ``[n_models (+ 1 for the base, last), length]`` (slerp's angle needs them).
     """
 
     n_models: int
     tensor: Callable[[int], np.ndarray] | None = None
     stream: Callable[[int], Iterable[tuple[TensorContext, np.ndarray]]] | None = None
     chunks: Callable[[], Iterable[tuple[int, np.ndarray]]] | None = None
+    inputs: Callable[[], Iterable[tuple[int, np.ndarray]]] | None = None
     total_numel: int = 0
     info: dict[str, Any] = field(default_factory=dict)
 

@@ -1,13 +1,27 @@
-"""Spherical linear interpolation of two models (Shoemake 1985; mergekit's ``slerp``)."""
+"""Spherical linear interpolation of two models (Shoemake 1985; mergekit's ``slerp``).
+
+The angle needs every element of a parameter, the interpolation only the same element of
+both inputs: a tensor-statistics pass accumulates |v0|^2, |v1|^2 and v0.v1 chunk by chunk in
+float64, and the merge applies the two coefficients chunk by chunk, so memory follows the
+chunk size, not the tensor (as Model Stock does).
+"""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from pydantic import Field
 
-from mergelab.methods.base import MergeMethod, MethodParams, TensorContext, register
+from mergelab.methods.base import (
+    DeltaAccess,
+    MergeMethod,
+    MethodParams,
+    TensorContext,
+    TensorStatistics,
+    register,
+)
 
 DOT_THRESHOLD = 0.9995
 EPS = 1e-8
@@ -16,6 +30,28 @@ EPS = 1e-8
 class SlerpParams(MethodParams):
     t: float = Field(0.5, ge=0.0, le=1.0)
     """Interpolation position: 0 gives the first model (the base), 1 the second."""
+
+
+@dataclass(frozen=True)
+class SlerpStats(TensorStatistics):
+    """The merged parameter is ``c0 * v0 + c1 * v1``."""
+
+    c0: float
+    c1: float
+
+
+def coefficients(gram: np.ndarray, t: float) -> SlerpStats:
+    """Slerp's coefficients from the Gram matrix ``[[v0.v0, v0.v1], [v1.v0, v1.v1]]``:
+    sin((1-t) Omega)/sin(Omega) and sin(t Omega)/sin(Omega), Omega the angle between v0
+    and v1; (1 - t, t) where they are nearly collinear (|cos Omega| > 0.9995)."""
+    n0, n1 = math.sqrt(max(gram[0, 0], 0.0)), math.sqrt(max(gram[1, 1], 0.0))
+    n0, n1 = (n0 if n0 > EPS else 1.0), (n1 if n1 > EPS else 1.0)
+    dot = min(max(float(gram[0, 1]) / (n0 * n1), -1.0), 1.0)
+    if abs(dot) > DOT_THRESHOLD:
+        return SlerpStats(1 - t, t)
+    omega = math.acos(dot)
+    s = math.sin(omega)
+    return SlerpStats(math.sin((1 - t) * omega) / s, math.sin(t * omega) / s)
 
 
 @register
@@ -31,10 +67,16 @@ class Slerp(MergeMethod):
     summary = "spherical interpolation of two models"
     reference = "https://en.wikipedia.org/wiki/Slerp"
     Params = SlerpParams
+    params: SlerpParams
     base_policy = "optional"
     min_models = 1
     max_models = 2
-    elementwise = False
+    elementwise = True
+    whole_tensor_statistics = False
+
+    @property
+    def uses_tensor_statistics(self) -> bool:
+        return True
 
     def check_counts(self, n_models: int, has_base: bool) -> None:
         if n_models + has_base != 2:
@@ -43,17 +85,17 @@ class Slerp(MergeMethod):
                 f"got {n_models} model(s){' and a base' if has_base else ''}"
             )
 
+    def tensor_statistics(self, ctx: TensorContext, deltas: DeltaAccess) -> SlerpStats:
+        # The raw inputs, not task vectors: rows are the models, then the base if any.
+        gram = np.zeros((2, 2), dtype=np.float64)
+        for _, values in deltas.inputs():
+            values = values.astype(np.float64, copy=False)
+            gram += values @ values.T
+        if deltas.n_models == 1:  # (model, base): the base is the start point v0
+            gram = gram[::-1, ::-1]
+        return coefficients(gram, self.params.t)
+
     def merge(self, tensors: np.ndarray, base: np.ndarray | None, ctx: TensorContext) -> np.ndarray:
-        if base is not None:  # the base is the start point, the one model the end point
-            tensors = np.stack([base, tensors[0]])
-        t = self.params.t
-        v0, v1 = tensors[0], tensors[1]
-        n0 = float(np.linalg.norm(v0.ravel()))
-        n1 = float(np.linalg.norm(v1.ravel()))
-        n0, n1 = (n0 if n0 > EPS else 1.0), (n1 if n1 > EPS else 1.0)
-        dot = float(np.clip(np.vdot(v0 / n0, v1 / n1), -1, 1))
-        if abs(dot) > DOT_THRESHOLD:
-            return v0 * (1 - t) + v1 * t
-        omega = math.acos(dot)
-        s = math.sin(omega)
-        return v0 * (math.sin((1 - t) * omega) / s) + v1 * (math.sin(t * omega) / s)
+        assert isinstance(ctx.stats, SlerpStats)
+        v0, v1 = (base, tensors[0]) if base is not None else (tensors[0], tensors[1])
+        return v0 * ctx.stats.c0 + v1 * ctx.stats.c1
