@@ -14,7 +14,8 @@ SANITY_EXIT = 3
 _DESCRIPTION = """\
 Reproduce 'Rethinking Weight-Averaged Model-merging' on your machine: train the
 ingredient models, then run every study (weights as templates, weight vs feature
-averaging, merging across tasks, weight statistics, scaling the weights) and write
+averaging, merging across tasks, weight statistics, scaling the weights), or the
+multi-task comparison of 'Revisiting Weight Averaging for Model Merging' (CART), and write
 a report.
 
 What to run is a study config: a YAML file, or a preset, which is a config shipped
@@ -24,6 +25,10 @@ with mergelab and named by a word:
   tiny   about a minute on 2 CPU cores (30-90 s); for smoke tests
   paper  the paper's grid; a GPU and the datasets and pretrained checkpoints on disk
          (edit its DATA/... and PRETRAINED/... paths first)
+  multitask-quick  seven MNIST-derived tasks, one backbone fine-tuned per task, merged
+         by WA, TA, TIES, DARE, TSV-M, Iso-C and CART; about 3 minutes on 2 cores. Its
+         `multitask:` section can name your own checkpoints instead (`pretrained:`,
+         `checkpoints:`, `tasks:`; see README), and then nothing is trained
 To change one: `mergelab study paper --show > my.yaml`, edit, `mergelab study my.yaml`.
 `mergelab study my.yaml --dry-run` first shows what it would cost: training runs,
 optimizer steps, evaluation passes and GPU hours, without reading data or training.
