@@ -82,6 +82,20 @@ def same_or_within(path: Path, others: Iterable[Path]) -> Path | None:
     return None
 
 
+def output_file(
+    path: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str]], option: str
+) -> Path:
+    """A file a result is written to (atomically), refused (one line naming ``option``)
+    when it is one of the ``inputs`` or lies inside one, or is a folder."""
+    out = Path(path).expanduser()
+    clash = same_or_within(out, [Path(i).expanduser() for i in inputs])
+    if clash is not None:
+        raise MergelabError(f"{option} {out}: is the input {clash}; it would be overwritten")
+    if out.is_dir():
+        raise MergelabError(f"{option} {out}: is a folder; give a file name")
+    return out
+
+
 def output_folder(
     path: str | os.PathLike[str],
     option: str = "--out",

@@ -201,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the full traceback of an error (accepted anywhere on the line)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    from mergelab.advise_cli import add_advise_parser
     from mergelab.compare_cli import add_compare_parser
     from mergelab.compress_cli import add_compress_parser, add_expand_parser
     from mergelab.diagnose_cli import add_diagnose_parser
@@ -215,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     _demo_parser(sub)
     add_compress_parser(sub), add_expand_parser(sub)
     add_diagnose_parser(sub)
+    add_advise_parser(sub)
     return parser
 
 

@@ -45,7 +45,14 @@ from mergelab.io.dtypes import is_float, to_compute
 from mergelab.io.open import open_checkpoint
 from mergelab.methods.svd import matrix_shape
 
-__all__ = ["Diagnosis", "data_metrics", "diagnose", "weight_metrics"]
+__all__ = [
+    "METRIC_NAMES",
+    "PAPER_METRICS",
+    "Diagnosis",
+    "data_metrics",
+    "diagnose",
+    "weight_metrics",
+]
 
 ModelLike = str | Path | Mapping[str, Any]
 
@@ -83,6 +90,10 @@ DATA_METRICS = (
     "input_gradient_l2",
     "input_gradient_dot",
 )
+PAPER_METRICS = WEIGHT_METRICS + LAYER_METRICS + DATA_METRICS
+"""The 28 pairwise metrics of "Demystifying Mergeability" (the predictors' features)."""
+METRIC_NAMES = (*PAPER_METRICS, "loss_barrier")
+"""Every name :meth:`Diagnosis.metrics` can hold."""
 
 
 @dataclass

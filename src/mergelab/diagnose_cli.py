@@ -122,10 +122,13 @@ def add_diagnose_parser(sub: argparse._SubParsersAction) -> None:
 
 def _run_diagnose(args: argparse.Namespace) -> int:
     from mergelab.atomic import atomic_write_text
+    from mergelab.checks import output_file
     from mergelab.diagnose import diagnose
 
     if args.data is not None and len(args.data) > 2:
         raise ConfigError(f"--data: give one spec, or two (A's, B's); got {len(args.data)}")
+    if args.json:
+        output_file(args.json, [args.a, args.b, args.base, *(args.heads or [])], "--json")
     result = diagnose(
         args.a,
         args.b,

@@ -360,6 +360,15 @@ def multitask(b: Builder) -> Builder:
     return b
 
 
+def mergeability(b: Builder) -> Builder:
+    """The mergeability study over 7 tasks, every method's accuracy driven by gradient L2
+    distance (negative) and TIES's also by other metrics: every claim reproduced."""
+    from mergeability_fakes import pair_rows, reproducing, with_fits
+
+    b.rows.extend(with_fits(pair_rows(reproducing)).to_dict("records"))
+    return b
+
+
 def full(b: Builder | None = None) -> Builder:
     """Every study, each shaped so that every claim is reproduced."""
     b = b or Builder()
@@ -372,6 +381,7 @@ def full(b: Builder | None = None) -> Builder:
         weight_stats,
         templates,
         multitask,
+        mergeability,
     ):
         part(b)
     return b
@@ -411,6 +421,7 @@ def build() -> SimpleNamespace:
         cross_task=cross_task,
         ingredients=ingredients,
         multitask=multitask,
+        mergeability=mergeability,
         full=full,
         write_arrays=write_arrays,
     )

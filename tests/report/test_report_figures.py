@@ -33,6 +33,8 @@ EXPECTED = {
         "wvf_gap_vs_n.png",
     ],
     "cross_task": ["cross_task.png"],
+    "mergeability": ["mergeability.png"],
+    "mergeability_fit": ["mergeability_fit.png"],
     "magnitude": [
         "magnitude_cifar10_mlp.png",
         "magnitude_cifar10_resnet8.png",

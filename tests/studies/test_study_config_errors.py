@@ -264,7 +264,7 @@ def test_file_that_is_no_config(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
         f"mergelab: error: {tmp_path / 'none.yaml'}: no such study config (allowed: a YAML "
-        "file, or a preset: quick, paper, tiny, multitask-quick)"
+        "file, or a preset: quick, paper, tiny, multitask-quick, mergeability)"
     ]
     assert not out.exists()
 

@@ -32,7 +32,8 @@ def test_files_and_rows(study):
     assert paths["sanity_failures"] == []
     rows = pd.read_csv(paths["results"], low_memory=False)
     assert list(rows.columns[:9]) == list(RESULT_COLUMNS)
-    assert set(rows.study) == set(STUDIES) - {"multitask"}  # its own preset: multitask-quick
+    # multitask and mergeability have their own presets: multitask-quick, mergeability
+    assert set(rows.study) == set(STUDIES) - {"multitask", "mergeability", "mergeability_fit"}
     wvf = rows[rows.study == "weights_vs_features"]
     assert set(wvf.n_models) == {2, 3} and set(wvf.seed) == {0, 1}
     assert set(wvf.init) == {"shared", "independent"}

@@ -8,6 +8,7 @@ templates study. Studies may be missing: their figures are skipped and their cla
 "not measured". Importing this package does not import torch.
 """
 
+from mergelab.report import mergeability as _mergeability  # noqa: F401  (registers)
 from mergelab.report._io import read_results, write_results
 from mergelab.report.claims import (
     CLAIMS,

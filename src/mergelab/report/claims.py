@@ -1081,7 +1081,8 @@ def write_claims_md(
         "# Claims of " + " and ".join(f'"{p}"' for p in papers) + ", checked here",
         "",
         "Each finding is measured from this run's results: the pooled effect with its 95 % "
-        "paired bootstrap interval over test examples (and seeds), and how many settings "
+        "paired bootstrap interval over test examples (and seeds; for the mergeability "
+        "claims, its range over refits each without one task), and how many settings "
         "support it, contradict it or cannot tell. *Inconclusive* means the noise is larger "
         "than the effect; *not measured* that the study that would test it did not run.",
         *(["", note] if note else []),

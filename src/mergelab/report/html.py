@@ -200,7 +200,8 @@ def _claims_html(claims: list[Claim], note: str = "") -> str:
         head + body + "</tbody></table>",
         '<p class="note">Each verdict is computed from this run\'s results: the pooled effect '
         "with its 95 % paired bootstrap interval (test examples resampled, and seeds when "
-        "there are several) and the count of settings that support the finding, contradict "
+        "there are several; for the mergeability claims, the range over refits each "
+        "without one task) and the count of settings that support the finding, contradict "
         "it, or cannot tell. <b>reproduced</b>: the interval lies on the paper's side; "
         "<b>contradicted</b>: it lies on the other side; <b>inconclusive</b>: the noise is "
         "larger than the effect; <b>not measured</b>: the study did not run.</p>",

@@ -104,6 +104,9 @@ class Condition:
     scale: float = 100.0
     group_by: str | None = None
     pool: Unit | None = None
+    basis: str = ""
+    """What the interval is, when not a bootstrap over per-example outcomes (the
+    description says it in place of the level)."""
     units: list[tuple[dict[str, Any], Unit | None, float]] = field(default_factory=list)
     groups: list[tuple[str, Interval | None, Judgement]] = field(default_factory=list, init=False)
 
@@ -188,9 +191,12 @@ class Condition:
         what = f"mean of {n} setting{'s' if n != 1 else ''}"
         if self.pool is not None:
             what = f"{self.pool.n_examples} items of {n} setting{'s' if n != 1 else ''}"
+        kind = f"{pooled.level:.0%} interval"
+        if self.basis:
+            kind = self.basis
         text = (
             f"{self.label} = {f.format(pooled.estimate)} {self.unit} [{low}, {high}] "
-            f"({pooled.level:.0%} interval, {what}; paper: {target}): {judgement}; "
+            f"({kind}, {what}; paper: {target}): {judgement}; "
             "per setting: " + ", ".join(parts)
         )
         if self.groups:

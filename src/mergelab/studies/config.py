@@ -379,6 +379,74 @@ class MultitaskSpec(_Strict):
         return out
 
 
+MERGEABILITY_METHODS = ("linear", "task_arithmetic", "tsv", "ties", "dare")
+MERGEABILITY_PARAMS: dict[str, dict[str, Any]] = {
+    "task_arithmetic": {"lambda": 0.3},
+    "ties": {"lambda": 0.3},
+    "dare": {"lambda": 0.3},
+    "tsv": {"alpha": 1.0},
+}
+
+
+class MergeabilitySpec(_Strict):
+    """The mergeability study ("Demystifying Mergeability"): every pair of the tasks of the
+    ``multitask:`` suite (trained, or the user's checkpoints), merged by each method at the
+    paper's fixed settings (no coefficient chosen), its pairwise metrics measured, and one
+    sparse linear model per method predicting post-merge normalized accuracy from them.
+
+    Defaults are the paper's: weight averaging, task arithmetic 0.3, TSV-M, TIES 20 % with
+    0.3, DARE p = 0.9 (density 0.1; rescaled task vectors added with 0.3, as task
+    arithmetic)."""
+
+    enabled: bool = False
+    methods: list[str] = list(MERGEABILITY_METHODS)
+    params: dict[str, dict[str, Any]] = copy.deepcopy(MERGEABILITY_PARAMS)
+    """Merge parameters per method (replacing the defaults of that method)."""
+    ties_density: float = 0.2
+    dare_density: float = 0.1
+    samples: int = Field(256, ge=8, le=100_000)
+    """Samples per task for the data metrics (activations, gradients, loss barrier)."""
+    features: list[str] | None = None
+    """The metrics the predictors use (None: the paper's 28; ``mergelab diagnose --json``
+    lists every name)."""
+    l1: float = Field(0.05, gt=0, le=10)
+    """L1 weight of the sparse -Pearson model (unit-norm coefficients)."""
+
+    def _problems(self) -> list[Problem]:
+        out: list[Problem] = []
+        unknown = [m for m in self.methods if m not in MULTITASK_METHODS]
+        if unknown:
+            out.append(
+                (
+                    ("methods",),
+                    f"{', '.join(unknown)} unknown (allowed: {', '.join(MULTITASK_METHODS)})",
+                )
+            )
+        if len(self.methods) < 1:
+            out.append((("methods",), "empty; give at least one method"))
+        out += _repeats("methods", self.methods)
+        stray = [m for m in self.params if m not in MULTITASK_METHODS]
+        if stray:
+            out.append((("params",), f"{', '.join(stray)}: no such method"))
+        for name in ("ties_density", "dare_density"):
+            out += _fractions(name, [getattr(self, name)])
+        if self.features is not None:
+            from mergelab.diagnose import METRIC_NAMES as names
+
+            bad = [f for f in self.features if f not in names]
+            if bad:
+                out.append(
+                    (
+                        ("features",),
+                        f"{', '.join(bad)} unknown (allowed: {', '.join(names)})",
+                    )
+                )
+            if len(self.features) < 2:
+                out.append((("features",), "give at least two metrics"))
+            out += _repeats("features", self.features)
+        return out
+
+
 class StudyConfig(_Strict):
     """What ``mergelab study`` runs.
 
@@ -412,6 +480,7 @@ class StudyConfig(_Strict):
     magnitude: MagnitudeSpec = MagnitudeSpec()
     weight_stats: bool = True
     multitask: MultitaskSpec = MultitaskSpec()
+    mergeability: MergeabilitySpec = MergeabilitySpec()
     gpu_tflops: float = Field(60.0, gt=0)
     """Sustained training throughput assumed by ``--dry-run``'s GPU-hour estimate (dense
     FP16/BF16 TFLOP/s actually achieved, well below a data sheet's peak)."""
@@ -461,8 +530,8 @@ class StudyConfig(_Strict):
                 )
             )
         for name in ("datasets", "archs", "seeds"):
-            if name != "seeds" and self.multitask.enabled and not getattr(self, name):
-                continue  # a multi-task study alone: no ingredient sets
+            if name != "seeds" and self.suite_only and not getattr(self, name):
+                continue  # a multi-task / mergeability study alone: no ingredient sets
             if not getattr(self, name):
                 out.append(((name,), f"empty; give at least one {name[:-1]}"))
             out += _repeats(name, getattr(self, name))
@@ -490,6 +559,11 @@ class StudyConfig(_Strict):
             )
         ]
 
+    @property
+    def suite_only(self) -> bool:
+        """Only the studies of the multi-task suite run (no ingredient sets needed)."""
+        return self.multitask.enabled or self.mergeability.enabled
+
     def counts(self) -> list[int]:
         """Model counts of the weights-vs-features comparison (each in [2, n_models])."""
         return sorted({n for n in self.model_counts if 1 < n <= self.n_models})
@@ -510,7 +584,7 @@ class StudyConfig(_Strict):
         return list(spec.targets) or [(d, a) for d in self.datasets for a in self.archs]
 
 
-PRESETS = ("quick", "paper", "tiny", "multitask-quick")
+PRESETS = ("quick", "paper", "tiny", "multitask-quick", "mergeability")
 
 
 def preset_path(name: str) -> Path:

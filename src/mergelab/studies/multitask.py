@@ -40,7 +40,7 @@ from mergelab.studies.context import StudyContext
 from mergelab.studies.registry import MULTITASK
 from mergelab.train import multitask as mt
 
-__all__ = ["LABELS", "choose", "coefficient_name", "run"]
+__all__ = ["LABELS", "choose", "coefficient_name", "merge_backbones", "run", "suite_of"]
 
 LABELS = {
     "linear": "Weight Averaging",
@@ -71,6 +71,27 @@ def choose(
     scored = [(v, float(mean_val(v))) for v in grid]
     best = max(range(len(scored)), key=lambda i: (scored[i][1], -i))
     return scored[best][0], scored[best][1], scored
+
+
+def merge_backbones(
+    method: str,
+    models: Sequence[State],
+    pretrained: State,
+    params: dict[str, Any],
+    *,
+    density: float | None = None,
+    seed: int = 0,
+) -> tuple[State, dict[str, Any]]:
+    """``models`` (task backbones of ``pretrained``) merged by ``method``; TIES and DARE
+    keep ``density`` of each task vector, DARE's masks drawn with ``seed``. Returns the
+    merged tensors and the parameters as shown in the rows."""
+    params = dict(params)
+    model_params = None if density is None else [{"density": density}] * len(models)
+    if method == "dare":
+        params.setdefault("seed", seed)
+    base = None if method in ("linear", "cart") else pretrained
+    merged = merge_state_dicts(method, list(models), base, params=params, model_params=model_params)
+    return merged, {**params, **({"density": density} if density is not None else {})}
 
 
 class _Merger:
@@ -108,18 +129,15 @@ class _Merger:
         return params
 
     def merge(self, method: str, tasks: Sequence[str], value: float | None, rank: float | None):
-        models = [self.backbones[t] for t in tasks]
-        params = self.params(method, value, rank)
         density = {"ties": self.spec.ties_density, "dare": self.spec.dare_density}.get(method)
-        model_params = None if density is None else [{"density": density}] * len(models)
-        if method == "dare":
-            params.setdefault("seed", self.seed)
-        base = None if method in ("linear", "cart") else self.pretrained
-        merged = merge_state_dicts(
-            method, models, base, params=params, model_params=model_params or None
+        return merge_backbones(
+            method,
+            [self.backbones[t] for t in tasks],
+            self.pretrained,
+            self.params(method, value, rank),
+            density=density,
+            seed=self.seed,
         )
-        shown = {**params, **({"density": density} if density is not None else {})}
-        return merged, shown
 
     def _extend(
         self, grid: list[float | None], value: float, score: float, mean_val: Any
@@ -217,28 +235,34 @@ def run(ctx: StudyContext) -> pd.DataFrame:
     spec = ctx.config.multitask
     if not spec.enabled:
         return pd.DataFrame()
+    rows: list[dict[str, Any]] = []
+    for seed in spec.training_seeds:
+        rows += _run_suite(ctx, suite_of(ctx, seed), seed)
+    return pd.DataFrame(rows)
+
+
+def suite_of(ctx: StudyContext, seed: int) -> mt.MultitaskSuite:
+    """The ``multitask:`` section's suite of training seed ``seed`` (trained once, cached
+    in ``runs/``; or the user's checkpoints), in ``OUT/multitask`` (``seed-<seed>/`` below
+    it when the section lists several seeds)."""
     from mergelab.train.user_suite import uses_checkpoints
 
-    seeds = spec.training_seeds
-    rows: list[dict[str, Any]] = []
-    for seed in seeds:
-        if uses_checkpoints(spec):
-            ctx.log(f"multi-task: the suite of your {len(spec.checkpoints)} checkpoints")
-        else:
-            ctx.log(f"multi-task: training the {spec.arch} suite, seed {seed} (cached in runs/)")
-        folder = ctx.out / "multitask"
-        suite = mt.study_suite(
-            spec,
-            folder if len(seeds) == 1 else folder / f"seed-{seed}",
-            cache_dir=ctx.runs_dir,
-            workers=ctx.workers,
-            device=ctx.config.device or "cpu",
-            log=ctx.log,
-            split_seed=ctx.config.split_seed,
-            seed=seed,
-        )
-        rows += _run_suite(ctx, suite, seed)
-    return pd.DataFrame(rows)
+    spec = ctx.config.multitask
+    if uses_checkpoints(spec):
+        ctx.log(f"multi-task: the suite of your {len(spec.checkpoints)} checkpoints")
+    else:
+        ctx.log(f"multi-task: training the {spec.arch} suite, seed {seed} (cached in runs/)")
+    folder = ctx.out / "multitask"
+    return mt.study_suite(
+        spec,
+        folder if len(spec.training_seeds) == 1 else folder / f"seed-{seed}",
+        cache_dir=ctx.runs_dir,
+        workers=ctx.workers,
+        device=ctx.config.device or "cpu",
+        log=ctx.log,
+        split_seed=ctx.config.split_seed,
+        seed=seed,
+    )
 
 
 def _run_suite(ctx: StudyContext, suite: mt.MultitaskSuite, seed: int) -> list[dict[str, Any]]:

@@ -23,7 +23,7 @@ import json
 import math
 import re
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -831,37 +831,11 @@ class _Planner:
         of its extension past the edge, at most) on every merged task's val, the chosen
         one on test."""
         from mergelab.studies.multitask import coefficient_name, subsets
-        from mergelab.train import multitask as mt
-        from mergelab.train.user_suite import check_user_suite, user_files, uses_checkpoints
 
         spec = self.config.multitask
         if not spec.enabled:
             return
-        tasks = mt.spec_tasks(spec)
-        image = (spec.in_chans or 1, spec.img_size or 28)
-        configs = [
-            cfg
-            for seed in spec.training_seeds
-            for cfg in mt.suite_configs(spec, split_seed=self.config.split_seed, seed=seed)
-        ]
-        if uses_checkpoints(spec):
-            self.notes.append("multitask: no training (the suite is the user's checkpoints)")
-            facts = check_user_suite(spec, split_seed=self.config.split_seed, read_data=False).facts
-            if facts is not None:
-                image = (facts.in_chans, facts.img_size)
-            for key, path in user_files(spec):
-                self.notes.append(f"multitask: reads {key}: {path}")
-        for cfg in configs:
-            key = _run_key(cfg)
-            if key in self.seen:
-                continue
-            self.seen.add(key)
-            run = self.run_tally(cfg)
-            self.studies[study].add(run)
-            facts = self.facts(cfg.dataset)
-            model = model_facts(cfg.arch, facts, in_chans=cfg.in_chans, img_size=cfg.img_size)
-            self.setting(facts, cfg.arch, model).add(run)
-        self.studies[study].reads += len(configs)
+        tasks, image = self.multitask_suite(study)
         passes: dict[str, list[int]] = {t: [0, 0] for t in tasks}  # task -> [val, test]
         done: set[tuple] = set()
 
@@ -886,12 +860,67 @@ class _Planner:
         for subset in subsets(tasks, [k for k in counts if k <= len(tasks)], spec.seed).values():
             for method in spec.count_methods:
                 merge(method, subset, spec.cart_rank if method == "cart" else None)
-        seeds = len(spec.training_seeds)  # every suite is merged and scored alike
+        self.suite_passes(study, passes, image, len(spec.training_seeds))
+
+    def multitask_suite(self, study: str, seeds: Sequence[int] | None = None):
+        """The multi-task suite's training runs (counted once, whichever study asks
+        first; none for the user's checkpoints): its tasks and their model input."""
+        from mergelab.train import multitask as mt
+        from mergelab.train.user_suite import check_user_suite, user_files, uses_checkpoints
+
+        spec = self.config.multitask
+        tasks = mt.spec_tasks(spec)
+        image = (spec.in_chans or 1, spec.img_size or 28)
+        configs = [
+            cfg
+            for seed in (spec.training_seeds if seeds is None else seeds)
+            for cfg in mt.suite_configs(spec, split_seed=self.config.split_seed, seed=seed)
+        ]
+        if uses_checkpoints(spec):
+            self.notes.append(f"{study}: no training (the suite is the user's checkpoints)")
+            facts = check_user_suite(spec, split_seed=self.config.split_seed, read_data=False).facts
+            if facts is not None:
+                image = (facts.in_chans, facts.img_size)
+            for key, path in user_files(spec):
+                self.notes.append(f"{study}: reads {key}: {path}")
+        for cfg in configs:
+            key = _run_key(cfg)
+            if key in self.seen:
+                continue
+            self.seen.add(key)
+            run = self.run_tally(cfg)
+            self.studies[study].add(run)
+            facts = self.facts(cfg.dataset)
+            model = model_facts(cfg.arch, facts, in_chans=cfg.in_chans, img_size=cfg.img_size)
+            self.setting(facts, cfg.arch, model).add(run)
+        self.studies[study].reads += len(configs)
+        return tasks, image
+
+    def suite_passes(
+        self, study: str, passes: dict[str, list[int]], image: tuple[int, int], seeds: int = 1
+    ) -> None:
+        """Count ``passes`` (task -> [val, test]) of every suite (``seeds`` of them)."""
+        arch = self.config.multitask.arch
         for t, (val, test) in passes.items():
             try:
-                self.evaluate(study, t, spec.arch, val=seeds * val, test=seeds * test, image=image)
+                self.evaluate(study, t, arch, val=seeds * val, test=seeds * test, image=image)
             except MergeError as exc:  # a task's files are not there yet: say so, go on
-                self.notes.append(f"multitask: {t} not counted: {exc}")
+                self.notes.append(f"{study}: {t} not counted: {exc}")
+
+    def mergeability(self, study: str) -> None:
+        """The suite (first training seed), and per task: its own backbone on test, and
+        every merge of every pair it is in on test. The data metrics read ``samples`` val
+        images per task and pair (forward and backward passes, not counted)."""
+        spec = self.config.mergeability
+        if not spec.enabled:
+            return
+        tasks, image = self.multitask_suite(study, self.config.multitask.training_seeds[:1])
+        per_task = 1 + (len(tasks) - 1) * len(spec.methods)
+        self.suite_passes(study, {t: [0, per_task] for t in tasks}, image)
+        self.notes.append(
+            f"{study}: {len(tasks) * (len(tasks) - 1) // 2} task pairs; the data metrics read "
+            f"{spec.samples} val samples per task and pair (not counted as passes)"
+        )
 
 
 def plan_study(config: StudyConfig) -> StudyPlan:
@@ -913,6 +942,7 @@ def plan_study(config: StudyConfig) -> StudyPlan:
         "magnitude": p.eval_magnitude,
         "cross_task": p.eval_cross_task,
         "multitask": p.multitask,
+        "mergeability": p.mergeability,
     }
     for name in p.studies:
         if name == "weights_vs_features":

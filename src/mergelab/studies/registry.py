@@ -25,8 +25,11 @@ __all__ = [
     "INGREDIENTS",
     "MAGNITUDE",
     "MAGNITUDE_BATCHES",
+    "MERGEABILITY",
+    "MERGEABILITY_FIT",
     "MULTITASK",
     "NUMBER_KEYS",
+    "PAIR_METHOD",
     "STUDIES",
     "TEMPLATES",
     "WEIGHT_STATS",
@@ -43,11 +46,14 @@ NUMBER_KEYS = frozenset(
 
 RETHINKING = "Rethinking Weight-Averaged Model-merging"
 CART_PAPER = "Revisiting Weight Averaging for Model Merging"
+MERGEABILITY_PAPER = "Demystifying Mergeability"
 PAPERS = {
     RETHINKING: "weights as templates, weight averaging vs feature averaging, and the role "
     "of weight magnitude",
     CART_PAPER: "multi-task merging: CART and the SVD family against weight averaging, task "
     "arithmetic and TIES",
+    MERGEABILITY_PAPER: "pairwise metrics that predict whether two task models merge well, "
+    "and how that differs between merge methods",
 }
 """The papers whose findings the studies check, and what each study of theirs is about."""
 
@@ -243,6 +249,38 @@ MULTITASK = register(
         keys=("dataset", "arch", "seed", "sweep", "n_models", "rank_fraction"),
         runner=f"{_S}.multitask:run",
         paper=CART_PAPER,
+    )
+)
+
+PAIR_METHOD = "Pair"
+"""The ``method`` of the mergeability rows that hold a pair's metrics."""
+MERGEABILITY = register(
+    Study(
+        "mergeability",
+        "Mergeability: pairwise metrics and post-merge accuracy",
+        "Every pair of the multi-task suite's tasks (the task backbones of one pre-trained "
+        "start) merged by each method at the paper's fixed settings (no coefficient chosen), "
+        "scored on both tasks' test splits with their frozen heads: normalized accuracy = "
+        "merged / fine-tuned, averaged over the pair's two tasks. Method 'Pair' holds the "
+        "pair's 28 metrics (metric = the metric's name), as `mergelab diagnose` measures them.",
+        keys=("dataset", "other_dataset", "arch", "seed"),
+        runner=f"{_S}.mergeability:run",
+        paper=MERGEABILITY_PAPER,
+    )
+)
+MERGEABILITY_FIT = register(
+    Study(
+        "mergeability_fit",
+        "Mergeability: predicting post-merge accuracy from the metrics",
+        "One sparse linear model per method (features min-max scaled to [-1, 1] on the "
+        "training pairs, loss -Pearson + L1 on unit-norm coefficients; predictor "
+        "'sparse_pearson') and a scikit-learn Lasso baseline ('lasso'), fitted with "
+        "leave-one-task-out cross-validation: each fold holds out every pair of one task. "
+        "'left_out' = none is the fit on every task; a task name is the same fit without "
+        "that task's pairs (a replicate: the claims' ranges run over them).",
+        keys=("arch", "seed", "predictor", "left_out"),
+        items=("feature", "fold"),
+        paper=MERGEABILITY_PAPER,
     )
 )
 

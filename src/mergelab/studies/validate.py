@@ -460,7 +460,7 @@ class _Checker:
         """The multi-task section's arch and tasks; a suite of the user's checkpoints
         checked in full (:func:`mergelab.train.user_suite.check_user_suite`)."""
         spec = self.config.multitask
-        if not spec.enabled:
+        if not (spec.enabled or self.config.mergeability.enabled):
             return
         from mergelab.train.multitask import spec_tasks
         from mergelab.train.user_suite import check_user_suite, uses_checkpoints
