@@ -3,6 +3,7 @@ architecture's individual accuracy and diversity, and the verdict table with int
 
     python benchmarks/study_bench.py                  # quick preset, ~7 min on 2 cores
     python benchmarks/study_bench.py --preset tiny    # seconds
+    python benchmarks/study_bench.py --preset mergeability   # ~2 min: issue 9's budget is 15
     python benchmarks/study_bench.py --out DIR --json bench.json
 
 The study runs into a fresh folder (``--out``, default a temporary one), then again into
@@ -56,14 +57,15 @@ def ingredient_table(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def verdict_table(out: Path) -> pd.DataFrame:
-    """One row per condition of every claim: pooled effect, 95 % interval, settings,
-    what the condition says, and the claim's verdict."""
+    """One row per condition of every claim: pooled effect, interval (95 % paired
+    bootstrap; for the mergeability claims, the range over refits each without one task),
+    settings, what the condition says, and the claim's verdict."""
     from mergelab.report import Results, evaluate_claims
 
     rows = []
     for c in evaluate_claims(Results.read(out)):
         if not c.conditions:
-            rows.append({"claim": c.key, "contrast": c.measured, "effect [95% interval]": "",
+            rows.append({"claim": c.key, "contrast": c.measured, "effect [interval]": "",
                          "settings": "", "says": "", "verdict": c.verdict})  # fmt: skip
         for m in c.conditions:
             f = "{:+.2f}" if m.unit == "points" else "{:+.3f}"
@@ -76,7 +78,7 @@ def verdict_table(out: Path) -> pd.DataFrame:
                 {
                     "claim": c.key,
                     "contrast": m.label + unit,
-                    "effect [95% interval]": effect,
+                    "effect [interval]": effect,
                     "settings": m.settings,
                     "says": m.judgement,
                     "verdict": c.verdict,
@@ -118,13 +120,14 @@ def main(argv: list[str] | None = None) -> int:
         rerun = time.perf_counter() - t0
 
         rows = pd.read_csv(paths["results"], low_memory=False)
-        ingredients = ingredient_table(rows)
+        ingredients = ingredient_table(rows) if (rows["study"] == "ingredients").any() else None
         verdicts = verdict_table(out)
         print(f"\npreset {args.preset}, {args.workers} worker(s), {os.cpu_count()} CPUs")
         print(f"first run (empty folder): {first / 60:.0f} min {first % 60:.0f} s")
         print(f"rerun (trains nothing):   {rerun:.0f} s")
         print(f"sanity checks failed: {paths['sanity_failures'] or 'none'}\n")
-        print(_markdown(ingredients) + "\n")
+        if ingredients is not None:
+            print(_markdown(ingredients) + "\n")
         print(_markdown(verdicts))
         if args.json:
             args.json.write_text(
@@ -135,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
                         "first_run_s": first,
                         "rerun_s": rerun,
                         "sanity_failures": paths["sanity_failures"],
-                        "ingredients": ingredients.to_dict(orient="records"),
+                        "ingredients": []
+                        if ingredients is None
+                        else ingredients.to_dict(orient="records"),
                         "verdicts": verdicts.to_dict(orient="records"),
                     },
                     indent=1,

@@ -15,8 +15,8 @@ _DESCRIPTION = """\
 Reproduce 'Rethinking Weight-Averaged Model-merging' on your machine: train the
 ingredient models, then run every study (weights as templates, weight vs feature
 averaging, merging across tasks, weight statistics, scaling the weights), or the
-multi-task comparison of 'Revisiting Weight Averaging for Model Merging' (CART), and write
-a report.
+multi-task comparison of 'Revisiting Weight Averaging for Model Merging' (CART), or the
+pairwise-metrics study of 'Demystifying Mergeability', and write a report.
 
 What to run is a study config: a YAML file, or a preset, which is a config shipped
 with mergelab and named by a word:
@@ -29,6 +29,9 @@ with mergelab and named by a word:
          by WA, TA, TIES, DARE, TSV-M, Iso-C and CART; about 3 minutes on 2 cores. Its
          `multitask:` section can name your own checkpoints instead (`pretrained:`,
          `checkpoints:`, `tasks:`; see README), and then nothing is trained
+  mergeability  the same suite: every task pair measured (28 metrics) and merged by
+         WA, TA, TSV-M, TIES and DARE; a sparse model per method predicts the merge from
+         the metrics, leave-one-task-out; about 2 minutes on 2 cores
 To change one: `mergelab study paper --show > my.yaml`, edit, `mergelab study my.yaml`.
 `mergelab study my.yaml --dry-run` first shows what it would cost: training runs,
 optimizer steps, evaluation passes and GPU hours, without reading data or training.
