@@ -173,18 +173,58 @@ def test_dry_run_reads_no_tensor_data(setup, monkeypatch):
     assert plan.bytes_read > 0 and plan.bytes_written > 0 and plan.peak_bytes_estimate() > 0
 
 
-def test_recipe_rejects_schedules_and_unknown_keys(tmp_path):
+def test_recipe_names_every_unsupported_field_in_one_line(tmp_path):
     from mergelab.errors import MergeError
 
     bad = tmp_path / "r.yaml"
-    bad.write_text("merge_method: ties\nmodels: [a]\nparameters: {density: [0.1, 0.5]}\n")
-    with pytest.raises(MergeError, match=r"parameters\.density: per-layer schedules"):
+    bad.write_text(
+        "merge_method: ties\nmodels: [{model: a, parameters: {weight: [0, 1]}}]\n"
+        "parameters: {density: [0.1, 0.5]}\nslices: []\nchat_template: chatml\nfoo: 1\n"
+    )
+    with pytest.raises(MergeError) as err:
         Recipe.from_yaml(bad)
-    bad.write_text("merge_method: ties\nmodels: [a]\nslices: []\n")
-    with pytest.raises(
-        MergeError, match=r"r\.yaml: slices: unknown key \(allowed: merge_method, models"
-    ):
-        Recipe.from_yaml(bad)
+    allowed = "merge_method, models, base_model, parameters, dtype, out_dtype, key, strip_prefix"
+    assert str(err.value) == (
+        f"{bad}: not supported: "
+        "slices: layer stacking (slices / layer_range, passthrough) is not supported yet; "
+        "chat_template: chat templates are not written yet; set it in the tokenizer config; "
+        f"foo: unknown key (allowed: {allowed}); "
+        "parameters.density: per-layer schedules and filters are not supported; give one "
+        "number; models[0].parameters.weight: per-layer schedules and filters are not "
+        "supported; give one number"
+    )
+
+
+def test_mergekit_int8_mask_and_out_dtype(setup, tmp_path, capsys):
+    """``int8_mask`` (global or per model) changes nothing and says so; ``out_dtype`` is the
+    output dtype, and ``dtype`` beside it (mergekit's compute dtype) does not lower the
+    float32 sums: the tensors equal those of ``dtype: float16`` alone, computed in float32."""
+    from mergelab.cli import main
+
+    _, _, base_path, paths = setup
+    models = [{"model": str(p), "parameters": {"density": 0.5}} for p in paths]
+
+    def run(name: str, **extra) -> dict:
+        recipe = {"merge_method": "ties", "base_model": str(base_path), "models": models}
+        recipe.update(extra)
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(recipe))
+        out = tmp_path / f"{name}.safetensors"
+        assert main(["merge", str(tmp_path / f"{name}.yaml"), "--out", str(out)]) == 0
+        return load_file(out)
+
+    plain = run("plain", dtype="float16")
+    capsys.readouterr()
+    masked = [{**m, "parameters": {**m["parameters"], "int8_mask": True}} for m in models]
+    got = run("mk", models=masked, parameters={"int8_mask": True}, dtype="bfloat16",
+              out_dtype="float16")  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.count("mergelab: note: int8_mask: memory option of mergekit") == 1
+    assert "dtype: bfloat16 is mergekit's compute dtype" in err
+    assert set(got) == set(plain)
+    for k in plain:
+        assert got[k].dtype == plain[k].dtype and torch.equal(got[k], plain[k]), k
+    record = (tmp_path / "mk.mergelab.yaml").read_text()
+    assert "# note: int8_mask" in record and "int8_mask: true" not in record
 
 
 def test_recipe_with_a_key_given_twice_is_refused(setup, tmp_path, capsys):

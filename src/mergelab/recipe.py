@@ -8,6 +8,11 @@ models:
   - model: b.safetensors
 parameters: {lambda: 1.0}     # global; also the default of per-model parameters
 dtype: float32                # output dtype of floating tensors (needed for mixed inputs)
+
+mergekit's own keys are read too: ``out_dtype`` (the output dtype; ``dtype`` is then
+mergekit's compute dtype, and mergelab keeps its float32 sums), ``int8_mask`` (ignored, with
+a note). What mergelab does not do yet (``slices``, tokenizer keys, per-layer schedules)
+is refused, every such field named in one line.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, PrivateAttr, field_validator
 
 from mergelab.errors import MergeError
 from mergelab.yamlfile import read_mapping, validate
@@ -31,6 +36,21 @@ class ModelEntry(BaseModel):
     parameters: dict[str, Scalar] = {}
 
 
+IGNORED_PARAMETERS = {
+    "int8_mask": "int8_mask: memory option of mergekit (its masks stored as int8), not needed "
+    "here: mergelab streams tensor by tensor; ignored",
+}
+"""mergekit parameters accepted and ignored, with what the user is told."""
+UNSUPPORTED_KEYS = {
+    "slices": "layer stacking (slices / layer_range, passthrough) is not supported yet",
+    "tokenizer_source": "tokenizer files are not copied yet: mergelab writes the tensors and "
+    "the recipe record; copy the tokenizer yourself",
+    "tokenizer": "tokenizer merging is not supported yet",
+    "chat_template": "chat templates are not written yet; set it in the tokenizer config",
+}
+"""mergekit recipe keys mergelab does not do yet, and why."""
+
+
 class Recipe(BaseModel):
     """What to merge and how; everything a merge needs to be repeated."""
 
@@ -41,10 +61,15 @@ class Recipe(BaseModel):
     base_model: str | None = None
     parameters: dict[str, Scalar] = {}
     dtype: str | None = None
+    """The output dtype of floating tensors (mergelab computes in float32 or float64)."""
+    out_dtype: str | None = None
+    """mergekit's name for the output dtype; given with ``dtype``, ``dtype`` is mergekit's
+    compute dtype, which mergelab does not lower (its sums stay in float32 or float64)."""
     key: str | None = None
     """Torch checkpoints: dotted key of the state dict inside the file (detected if unset)."""
     strip_prefix: str | None = None
     """Torch checkpoints: prefix removed from every name (``module.`` detected if unset)."""
+    _notes: list[str] = PrivateAttr(default_factory=list)
 
     @field_validator("models", mode="before")
     @classmethod
@@ -54,33 +79,76 @@ class Recipe(BaseModel):
             return [{"model": v} if isinstance(v, str) else v for v in value]
         return value
 
+    @property
+    def notes(self) -> list[str]:
+        """What was accepted and ignored, or read differently from mergekit."""
+        return list(self._notes)
+
+    @property
+    def output_dtype(self) -> str | None:
+        return self.out_dtype if self.out_dtype is not None else self.dtype
+
     @classmethod
     def from_yaml(cls, path: str | Path) -> Recipe:
         path = Path(path)
         data = read_mapping(path, "recipe")
-        _reject_schedules(data, path)
-        return validate(cls, data, path, "recipe")
+        data, notes = _mergekit_options(data, path)
+        recipe = validate(cls, data, path, "recipe")
+        if recipe.out_dtype is not None and recipe.dtype is not None:
+            notes.append(
+                f"dtype: {recipe.dtype} is mergekit's compute dtype; mergelab computes in "
+                f"float32 (float64 for float64 inputs) and writes out_dtype {recipe.out_dtype}"
+            )
+        recipe._notes = notes
+        return recipe
 
     def to_yaml(self, header: str = "") -> str:
         body = yaml.safe_dump(self.model_dump(exclude_defaults=True), sort_keys=False)
         return header + body
 
 
-def _reject_schedules(data: dict, path: Path) -> None:
-    """mergekit allows per-layer schedules (lists, filters); say plainly that we do not."""
-    places = [("parameters", data.get("parameters") or {})]
+def _mergekit_options(data: dict, path: Path) -> tuple[dict, list[str]]:
+    """``data`` without the mergekit options mergelab accepts and ignores (and a note for
+    each), after refusing, all in one line, every mergekit feature it does not do: keys
+    such as ``slices`` and per-layer schedules and filters (lists or mappings where a
+    parameter takes one number)."""
+    problems = [f"{k}: {why}" for k, why in UNSUPPORTED_KEYS.items() if k in data]
+    allowed = ", ".join(Recipe.model_fields)
+    problems += [
+        f"{k}: unknown key (allowed: {allowed})"
+        for k in data
+        if k not in Recipe.model_fields and k not in UNSUPPORTED_KEYS
+    ]
+    places: list[tuple[str, Any]] = [("parameters", data.get("parameters") or {})]
     for i, entry in enumerate(data.get("models") or []):
         if isinstance(entry, dict):
             places.append((f"models[{i}].parameters", entry.get("parameters") or {}))
+    notes: list[str] = []
     for where, params in places:
         if not isinstance(params, dict):
             continue
         for name, value in params.items():
             if isinstance(value, list | dict):
-                raise MergeError(
-                    f"{path}: {where}.{name}: per-layer schedules and filters are not "
-                    f"supported; give one number"
+                problems.append(
+                    f"{where}.{name}: per-layer schedules and filters are not supported; "
+                    "give one number"
                 )
+            elif name in IGNORED_PARAMETERS and IGNORED_PARAMETERS[name] not in notes:
+                notes.append(IGNORED_PARAMETERS[name])
+    if problems:
+        raise MergeError(f"{path}: not supported: " + "; ".join(problems))
+    data = dict(data)
+    for where, params in places:
+        if isinstance(params, dict) and any(k in IGNORED_PARAMETERS for k in params):
+            kept = {k: v for k, v in params.items() if k not in IGNORED_PARAMETERS}
+            if where == "parameters":
+                data["parameters"] = kept
+            else:
+                i = int(where[len("models[") : where.index("]")])
+                models = list(data["models"])
+                models[i] = {**models[i], "parameters": kept}
+                data["models"] = models
+    return data, notes
 
 
 def parse_assignment(text: str) -> tuple[str, Scalar]:

@@ -38,7 +38,7 @@ def open_recipe(recipe: Recipe) -> MergePlan:
     options = {"key": recipe.key, "strip_prefix": recipe.strip_prefix}
     base_path = recipe.base_model
     entries = list(recipe.models)
-    notes = []
+    notes = recipe.notes
     if base_path is not None and method_class(recipe.merge_method).base_policy in (
         "required",
         "optional",
@@ -62,7 +62,7 @@ def open_recipe(recipe: Recipe) -> MergePlan:
         base,
         params=dict(recipe.parameters),
         model_params=[dict(e.parameters) for e in entries],
-        dtype=recipe.dtype,
+        dtype=recipe.output_dtype,
         recipe=recipe,
     )
     plan.notes += notes
@@ -124,6 +124,8 @@ def merge(
     if not isinstance(recipe, Recipe):
         recipe = Recipe.from_yaml(recipe)
     plan = open_recipe(recipe)
+    for note in recipe.notes:
+        print(f"mergelab: note: {note}", file=sys.stderr)
     try:
         record, metadata = _record(plan)
         header = "".join(f"# {k} {v}\n" for k, v in versions().items())
