@@ -94,14 +94,17 @@ def test_force_replaces_only_mergelabs_own_files_in_a_folder(hf, tmp_path, capsy
     out.mkdir()
     (out / "config.json").write_text('{"model_type": "toy"}')
     (out / "README.md").write_text("notes\n")
-    # An existing folder without model files is written into; its other files stay.
+    # An existing folder without model files is written into; its other files stay (the
+    # user's config.json too: the inputs' copy is not written over it).
     assert merge_cli("--method", "linear", "--models", *hf, "--out", out) == 0
     assert {p.name for p in out.iterdir()} == {
         "config.json",
         "README.md",
         "model.safetensors",
         "mergelab.yaml",
+        "tokenizer.json",  # copied from the first model, which has one
     }
+    assert (out / "config.json").read_text() == '{"model_type": "toy"}'
     capsys.readouterr()
     assert merge_cli("--method", "linear", "--models", *hf, "--out", out) == 2
     one_error(capsys, "model.safetensors: already exists; pass --force")

@@ -179,15 +179,19 @@ def test_recipe_names_every_unsupported_field_in_one_line(tmp_path):
     bad = tmp_path / "r.yaml"
     bad.write_text(
         "merge_method: ties\nmodels: [{model: a, parameters: {weight: [0, 1]}}]\n"
-        "parameters: {density: [0.1, 0.5]}\nslices: []\nchat_template: chatml\nfoo: 1\n"
+        "parameters: {density: [0.1, 0.5]}\nslices: []\ntokenizer: {source: union}\nfoo: 1\n"
     )
     with pytest.raises(MergeError) as err:
         Recipe.from_yaml(bad)
-    allowed = "merge_method, models, base_model, parameters, dtype, out_dtype, key, strip_prefix"
+    allowed = (
+        "merge_method, models, base_model, parameters, dtype, out_dtype, key, strip_prefix, "
+        "tokenizer_source, chat_template"
+    )
     assert str(err.value) == (
         f"{bad}: not supported: "
         "slices: layer stacking (slices / layer_range, passthrough) is not supported yet; "
-        "chat_template: chat templates are not written yet; set it in the tokenizer config; "
+        "tokenizer: tokenizer merging (a merged vocabulary) is not supported; give "
+        "tokenizer_source: base, or a model's path; "
         f"foo: unknown key (allowed: {allowed}); "
         "parameters.density: per-layer schedules and filters are not supported; give one "
         "number; models[0].parameters.weight: per-layer schedules and filters are not "

@@ -37,7 +37,10 @@ def _merge_parser(sub: argparse._SubParsersAction) -> None:
         "merge",
         help="merge checkpoints tensor by tensor into a safetensors file or folder",
         description=(
-            "Merge checkpoints from a recipe YAML (mergekit-style) or from options. "
+            "Merge checkpoints from a recipe YAML (mergekit-style) or from options. A folder "
+            "output of Hugging Face model folders also gets the base's (else the first "
+            "model's) config.json, generation_config.json and tokenizer files, so "
+            "transformers loads it. "
             "Examples: mergelab merge recipe.yaml --out merged/ ; "
             "mergelab merge --method ties --base B --models A1 A2 --param density=0.2 --out M/"
         ),
@@ -72,6 +75,12 @@ def _merge_parser(sub: argparse._SubParsersAction) -> None:
         type=parse_size,
         default="5GB",
         help="folder outputs: largest shard (default 5GB)",
+    )
+    p.add_argument(
+        "--no-copy-tokenizer",
+        action="store_true",
+        help="folder outputs of Hugging Face model folders: leave the tokenizer files out "
+        "(config.json and generation_config.json are still copied)",
     )
     p.add_argument("--dry-run", action="store_true", help="print the plan; read no tensor data")
     p.add_argument("-v", "--verbose", action="store_true", help="list every tensor in the plan")
@@ -115,12 +124,18 @@ def _run_merge(args: argparse.Namespace) -> int:
     recipe = _recipe_from_args(args)
     if args.dry_run:
         plan = open_recipe(recipe)
-        print(plan.describe(verbose=args.verbose))
         try:
+            files = None
             if args.out:
                 files = check_plan_output(
-                    plan, args.out, force=args.force, max_shard_bytes=args.max_shard_size
+                    plan,
+                    args.out,
+                    force=args.force,
+                    max_shard_bytes=args.max_shard_size,
+                    copy_tokenizer=not args.no_copy_tokenizer,
                 )
+            print(plan.describe(verbose=args.verbose))
+            if files is not None:
                 print(f"output      {args.out}: {', '.join(files)}")
         finally:
             for ckpt in plan.inputs:
@@ -134,6 +149,7 @@ def _run_merge(args: argparse.Namespace) -> int:
         force=args.force,
         max_shard_bytes=args.max_shard_size,
         progress=not args.no_progress and sys.stderr.isatty(),
+        copy_tokenizer=not args.no_copy_tokenizer,
     )
     print(f"wrote {out}")
     return 0

@@ -10,9 +10,10 @@ parameters: {lambda: 1.0}     # global; also the default of per-model parameters
 dtype: float32                # output dtype of floating tensors (needed for mixed inputs)
 
 mergekit's own keys are read too: ``out_dtype`` (the output dtype; ``dtype`` is then
-mergekit's compute dtype, and mergelab keeps its float32 sums), ``int8_mask`` (ignored, with
-a note). What mergelab does not do yet (``slices``, tokenizer keys, per-layer schedules)
-is refused, every such field named in one line.
+mergekit's compute dtype, and mergelab keeps its float32 sums), ``tokenizer_source`` and
+``chat_template`` (folder outputs: :mod:`mergelab.io.hf_folder`), ``int8_mask`` (ignored,
+with a note). What mergelab does not do yet (``slices``, ``tokenizer``, per-layer
+schedules) is refused, every such field named in one line.
 """
 
 from __future__ import annotations
@@ -43,10 +44,8 @@ IGNORED_PARAMETERS = {
 """mergekit parameters accepted and ignored, with what the user is told."""
 UNSUPPORTED_KEYS = {
     "slices": "layer stacking (slices / layer_range, passthrough) is not supported yet",
-    "tokenizer_source": "tokenizer files are not copied yet: mergelab writes the tensors and "
-    "the recipe record; copy the tokenizer yourself",
-    "tokenizer": "tokenizer merging is not supported yet",
-    "chat_template": "chat templates are not written yet; set it in the tokenizer config",
+    "tokenizer": "tokenizer merging (a merged vocabulary) is not supported; give "
+    "tokenizer_source: base, or a model's path",
 }
 """mergekit recipe keys mergelab does not do yet, and why."""
 
@@ -69,6 +68,11 @@ class Recipe(BaseModel):
     """Torch checkpoints: dotted key of the state dict inside the file (detected if unset)."""
     strip_prefix: str | None = None
     """Torch checkpoints: prefix removed from every name (``module.`` detected if unset)."""
+    tokenizer_source: str | None = None
+    """Folder outputs: the tokenizer files' source, ``base`` or a model's path (default:
+    the folder the config comes from)."""
+    chat_template: str | None = None
+    """Folder outputs: a Jinja chat template (or ``chatml``) for tokenizer_config.json."""
     _notes: list[str] = PrivateAttr(default_factory=list)
 
     @field_validator("models", mode="before")

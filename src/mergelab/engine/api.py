@@ -17,6 +17,7 @@ from mergelab.engine.plan import MergePlan, _listing, build_plan, method_class
 from mergelab.errors import MergeError
 from mergelab.io.checkpoint import ArrayCheckpoint, TensorInfo
 from mergelab.io.open import open_checkpoint
+from mergelab.io.output import WROTE_MARK
 from mergelab.io.writer import SafetensorsWriter, check_output, is_file_output
 from mergelab.recipe import Recipe
 
@@ -108,6 +109,40 @@ def _input_paths(plan: MergePlan) -> list[Path]:
     return paths
 
 
+def companions(
+    recipe: Recipe, out: str | Path, *, copy_tokenizer: bool = True
+) -> tuple[dict[str, bytes], list[str]]:
+    """The config and tokenizer files a folder output gets beside its tensors
+    (:mod:`mergelab.io.hf_folder`), and notes on them; none for a single-file output."""
+    if is_file_output(out):
+        asked = [k for k in ("tokenizer_source", "chat_template") if getattr(recipe, k)]
+        if asked:
+            raise MergeError(
+                f"{', '.join(asked)}: written only into a folder output (--out DIR); "
+                f"{out} is a single .safetensors file"
+            )
+        return {}, []
+    from mergelab.io.hf_folder import companion_files
+    from mergelab.io.output import written_by_mergelab
+
+    files, notes = companion_files(
+        recipe.base_model,
+        [e.model for e in recipe.models],
+        tokenizer_source=recipe.tokenizer_source,
+        chat_template=recipe.chat_template,
+        copy_tokenizer=copy_tokenizer,
+    )
+    folder = Path(out)
+    theirs = [n for n in files if (folder / n).exists() and not written_by_mergelab(folder / n)]
+    if theirs:
+        notes.append(
+            f"kept {', '.join(theirs)} already in {folder} (not written by mergelab, so never "
+            f"replaced; the inputs' copies were not written)"
+        )
+        files = {n: b for n, b in files.items() if n not in theirs}
+    return files, notes
+
+
 def merge(
     recipe: Recipe | str | Path,
     out: str | Path,
@@ -115,11 +150,14 @@ def merge(
     force: bool = False,
     max_shard_bytes: int | None = DEFAULT_SHARD_BYTES,
     progress: bool = True,
+    copy_tokenizer: bool = True,
 ) -> Path:
     """Merge checkpoints on disk into ``out`` (a ``.safetensors`` file or a model folder).
 
     The output appears only when complete; an existing one is replaced only with ``force``.
     A ``mergelab.yaml`` (``<name>.mergelab.yaml`` beside a single file) records the recipe.
+    A folder output of Hugging Face model folders also gets their config and tokenizer
+    (:func:`companions`; ``copy_tokenizer=False`` leaves the tokenizer out).
     """
     if not isinstance(recipe, Recipe):
         recipe = Recipe.from_yaml(recipe)
@@ -127,9 +165,11 @@ def merge(
     for note in recipe.notes:
         print(f"mergelab: note: {note}", file=sys.stderr)
     try:
+        files, file_notes = companions(recipe, out, copy_tokenizer=copy_tokenizer)
         record, metadata = _record(plan)
         header = "".join(f"# {k} {v}\n" for k, v in versions().items())
-        header += "".join(f"# note: {n}\n" for n in plan.notes)
+        header += "".join(f"# note: {n}\n" for n in [*plan.notes, *file_notes])
+        header += "".join(f"{WROTE_MARK}{name}\n" for name in files)
         yaml_name = _recipe_name(out)
         out = Path(out)
         infos = [TensorInfo(t.name, t.shape, t.out_dtype) for t in plan.tensors]
@@ -139,9 +179,12 @@ def merge(
             metadata=metadata,
             max_shard_bytes=max_shard_bytes,
             force=force,
-            extra_files={yaml_name: record.to_yaml(header)},
+            extra_files={yaml_name: record.to_yaml(header), **files},
             inputs=_input_paths(plan),
         )
+        for note in file_notes:
+            if note.startswith("kept "):
+                print(f"mergelab: note: {note}", file=sys.stderr)
         try:
             differing = execute(plan, writer, progress=progress)
         except BaseException:
@@ -196,16 +239,25 @@ def merge_state_dicts(
 
 
 def check_plan_output(
-    plan: MergePlan, out: str | Path, *, force: bool, max_shard_bytes: int | None
+    plan: MergePlan,
+    out: str | Path,
+    *,
+    force: bool,
+    max_shard_bytes: int | None,
+    copy_tokenizer: bool = True,
 ) -> list[str]:
     """The files a merge into ``out`` would write, after every check the real run makes
     (an input in the way, a file mergelab did not write); nothing is touched."""
     infos = [TensorInfo(t.name, t.shape, t.out_dtype) for t in plan.tensors]
+    files: dict[str, bytes] = {}
+    if plan.recipe is not None:
+        files, notes = companions(plan.recipe, out, copy_tokenizer=copy_tokenizer)
+        plan.notes += [n for n in notes if n not in plan.notes]
     return check_output(
         out,
         infos,
         max_shard_bytes=max_shard_bytes,
         force=force,
-        extra_names=[_recipe_name(out)],
+        extra_names=[_recipe_name(out), *files],
         inputs=_input_paths(plan),
     )

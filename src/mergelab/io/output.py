@@ -32,11 +32,16 @@ _HOST = re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname())[:40] or "host"
 _STAGING = re.compile(rf"^{re.escape(STAGING_PREFIX)}{re.escape(_HOST)}-(\d+)-[a-z0-9_]{{8}}$")
 MODEL_FILES = re.compile(r"^model(?:-\d{5}-of-\d{5})?\.safetensors(?:\.index\.json)?$")
 RECIPE_MARK = "# mergelab "
+WROTE_MARK = "# wrote: "
+"""A line of the recipe record naming a file mergelab wrote beside the tensors that cannot
+carry a mark of its own (config.json, tokenizer files)."""
 
 
 def written_by_mergelab(path: Path) -> bool:
     """Whether ``path`` carries mergelab's mark: a ``mergelab.*`` key in a safetensors (or
-    shard index) header's metadata, or the version line that opens a recipe record."""
+    shard index) header's metadata, or the version line that opens a recipe record; or, for
+    another file (config.json, a tokenizer file), whether the recipe record mergelab wrote
+    in the same folder lists it as written."""
     try:
         if path.name.endswith(".safetensors"):
             from mergelab.io.safetensors_file import read_header
@@ -48,10 +53,19 @@ def written_by_mergelab(path: Path) -> bool:
             with open(path, encoding="utf-8") as fh:
                 return fh.readline().startswith(RECIPE_MARK)
         else:
-            return False
+            return _listed_in_record(path)
     except (MergelabError, OSError, ValueError, AttributeError):
         return False
     return isinstance(metadata, dict) and any(str(k).startswith("mergelab") for k in metadata)
+
+
+def _listed_in_record(path: Path) -> bool:
+    record = path.parent / "mergelab.yaml"
+    if not record.is_file():
+        return False
+    with open(record, encoding="utf-8") as fh:
+        lines = fh.read(1 << 20).splitlines()
+    return bool(lines) and lines[0].startswith(RECIPE_MARK) and f"{WROTE_MARK}{path.name}" in lines
 
 
 def _alive(pid: int) -> bool:

@@ -103,7 +103,7 @@ class SafetensorsWriter:
         metadata: dict[str, str] | None = None,
         max_shard_bytes: int | None = None,
         force: bool = False,
-        extra_files: dict[str, str] | None = None,
+        extra_files: dict[str, str | bytes] | None = None,
         inputs: Sequence[str | os.PathLike[str]] = (),
     ) -> None:
         self.infos = {i.name: i for i in infos}
@@ -195,8 +195,8 @@ def _files(
     infos: Sequence[TensorInfo],
     metadata: dict[str, str],
     max_shard_bytes: int | None,
-    extra_files: dict[str, str] | None,
-) -> tuple[list[list[TensorInfo]], list[str], dict[str, str]]:
+    extra_files: dict[str, str | bytes] | None,
+) -> tuple[list[list[TensorInfo]], list[str], dict[str, str | bytes]]:
     """Shard groups, their file names, and the other files (index, recipe) with contents."""
     groups = shard_groups(list(infos), None if single_file else max_shard_bytes)
     n = len(groups)
@@ -236,9 +236,12 @@ def check_output(
     return [*names, *extra]
 
 
-def _write_text(path: Path, text: str) -> None:
+def _write_text(path: Path, text: str | bytes) -> None:
     try:
-        path.write_text(text)
+        if isinstance(text, bytes):
+            path.write_bytes(text)
+        else:
+            path.write_text(text)
     except OSError as exc:
         raise MergeError(f"{_final(path)}: cannot write ({exc.strerror})") from None
 
