@@ -178,8 +178,9 @@ def test_recipe_names_every_unsupported_field_in_one_line(tmp_path):
 
     bad = tmp_path / "r.yaml"
     bad.write_text(
-        "merge_method: ties\nmodels: [{model: a, parameters: {weight: [0, 1]}}]\n"
-        "parameters: {density: [0.1, 0.5]}\nslices: []\ntokenizer: {source: union}\nfoo: 1\n"
+        "merge_method: ties\nmodels: [{model: a, parameters: {weight: {x: 1}}}]\n"
+        "parameters: {density: [{filter: mlp}]}\nslices: []\ntokenizer: {source: union}\n"
+        "foo: 1\n"
     )
     with pytest.raises(MergeError) as err:
         Recipe.from_yaml(bad)
@@ -193,9 +194,9 @@ def test_recipe_names_every_unsupported_field_in_one_line(tmp_path):
         "tokenizer: tokenizer merging (a merged vocabulary) is not supported; give "
         "tokenizer_source: base, or a model's path; "
         f"foo: unknown key (allowed: {allowed}); "
-        "parameters.density: per-layer schedules and filters are not supported; give one "
-        "number; models[0].parameters.weight: per-layer schedules and filters are not "
-        "supported; give one number"
+        "parameters.density[0]: a filter is {filter: NAME, value: V} (filter optional); "
+        "models[0].parameters.weight: a mapping; give filters as a list: "
+        "[{filter: NAME, value: V}, ...]"
     )
 
 

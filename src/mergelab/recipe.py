@@ -11,9 +11,10 @@ dtype: float32                # output dtype of floating tensors (needed for mix
 
 mergekit's own keys are read too: ``out_dtype`` (the output dtype; ``dtype`` is then
 mergekit's compute dtype, and mergelab keeps its float32 sums), ``tokenizer_source`` and
-``chat_template`` (folder outputs: :mod:`mergelab.io.hf_folder`), ``int8_mask`` (ignored,
-with a note). What mergelab does not do yet (``slices``, ``tokenizer``, per-layer
-schedules) is refused, every such field named in one line.
+``chat_template`` (folder outputs: :mod:`mergelab.io.hf_folder`), per-layer gradients and
+name filters as parameter values (:mod:`mergelab.schedules`), ``int8_mask`` (ignored, with
+a note). What mergelab does not do yet (``slices``, ``tokenizer``) is refused, every such
+field named in one line.
 """
 
 from __future__ import annotations
@@ -24,17 +25,22 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, PrivateAttr, field_validator
 
+from mergelab import schedules
 from mergelab.errors import MergeError
 from mergelab.yamlfile import read_mapping, validate
 
 Scalar = float | int | bool | str
 
 
+Setting = Scalar | list[Any]
+"""A parameter: one value, or a per-layer schedule or filter list (mergelab.schedules)."""
+
+
 class ModelEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str
-    parameters: dict[str, Scalar] = {}
+    parameters: dict[str, Setting] = {}
 
 
 IGNORED_PARAMETERS = {
@@ -58,7 +64,7 @@ class Recipe(BaseModel):
     merge_method: str
     models: list[ModelEntry]
     base_model: str | None = None
-    parameters: dict[str, Scalar] = {}
+    parameters: dict[str, Setting] = {}
     dtype: str | None = None
     """The output dtype of floating tensors (mergelab computes in float32 or float64)."""
     out_dtype: str | None = None
@@ -132,12 +138,8 @@ def _mergekit_options(data: dict, path: Path) -> tuple[dict, list[str]]:
         if not isinstance(params, dict):
             continue
         for name, value in params.items():
-            if isinstance(value, list | dict):
-                problems.append(
-                    f"{where}.{name}: per-layer schedules and filters are not supported; "
-                    "give one number"
-                )
-            elif name in IGNORED_PARAMETERS and IGNORED_PARAMETERS[name] not in notes:
+            problems += schedules.problems(value, f"{where}.{name}")
+            if name in IGNORED_PARAMETERS and IGNORED_PARAMETERS[name] not in notes:
                 notes.append(IGNORED_PARAMETERS[name])
     if problems:
         raise MergeError(f"{path}: not supported: " + "; ".join(problems))

@@ -250,7 +250,7 @@ class _Run:
         access = DeltaAccess(
             len(plan.models), tensor=tensor, chunks=chunks, inputs=lambda: chunks(True)
         )
-        return self.method.tensor_statistics(ctx, access)
+        return plan.method_for(t.name).tensor_statistics(ctx, access)
 
     # -- the chunks ---------------------------------------------------------------------------
 
@@ -295,7 +295,7 @@ class _Run:
             self.differing.append(t.name)
 
     def merge(self, t: TensorPlan, ctx: TensorContext, loaded: Loaded) -> None:
-        method = self.method
+        method = self.plan.method_for(t.name)
         stack, base, slot = loaded
         if not method.elementwise:
             stack = stack.reshape(len(self.plan.models), *t.shape)
@@ -327,7 +327,7 @@ class _Run:
                 ctx = TensorContext(t.name, t.shape, start, model_offset=t.model_offset)
                 if model_stats is not None:
                     ctx.model_stats = method.model_stats_for(model_stats, ctx)
-                if method.uses_tensor_statistics:
+                if plan.method_for(t.name).uses_tensor_statistics:
                     if stats_for != t.name:
                         stats, stats_for = self.tensor_statistics(t, ctx), t.name
                     ctx.stats = stats

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
+from mergelab import schedules
 from mergelab.checks import finite_number
 from mergelab.errors import MergeError
 from mergelab.io.checkpoint import Checkpoint
@@ -56,6 +57,12 @@ class MergePlan:
     ignored_base: str | None = None
     """Label of a base given to a method whose result does not depend on it (base policy
     ``ignored``): checked against the models' headers, never read, not in ``inputs``."""
+    per_tensor: dict[str, MergeMethod] = field(default_factory=dict)
+    """Per-layer schedules: the method (with that tensor's parameters) of each merged
+    tensor; tensors not listed use ``method``."""
+
+    def method_for(self, name: str) -> MergeMethod:
+        return self.per_tensor.get(name, self.method)
 
     @property
     def inputs(self) -> list[Checkpoint]:
@@ -127,9 +134,15 @@ class MergePlan:
         shown = self.tensors if verbose else self.tensors[:MAX_LISTED]
         for t in shown:
             how = "merge" if t.merged else "copy "
+            own = ""
+            if t.name in self.per_tensor:
+                m = self.per_tensor[t.name]
+                own = f"  {m.params.model_dump(by_alias=True)}" + "".join(
+                    f" {p.model_dump(exclude_none=True)}" for p in m.per_model
+                )
             lines.append(
                 f"  {how} {t.name} {list(t.shape)} "
-                f"{dtype_name(t.in_dtype)}->{dtype_name(t.out_dtype)}"
+                f"{dtype_name(t.in_dtype)}->{dtype_name(t.out_dtype)}{own}"
             )
         if len(shown) < len(self.tensors):
             lines.append(f"  ... {len(self.tensors) - len(shown)} more (--verbose lists all)")
@@ -255,6 +268,35 @@ def check_inputs(models: Sequence[Checkpoint], base: Checkpoint | None) -> None:
         raise MergeError(f"tensor shapes or kinds differ: {'; '.join(shapes[:5])}{more}")
 
 
+def _schedule(
+    plan: MergePlan,
+    method_name: str,
+    params: dict[str, Any],
+    model_params: list[Mapping[str, Any]],
+    labels: list[str],
+) -> None:
+    """Per-layer schedules and filters: each merged tensor's own parameters, one method
+    instance per distinct setting (:mod:`mergelab.schedules`)."""
+    merged = [t.name for t in plan.tensors if t.merged]
+    instances: dict[str, MergeMethod] = {}
+    for name, (glob, own) in schedules.resolve(params, model_params, merged).items():
+        key = repr((sorted(glob.items()), [sorted(o.items()) for o in own]))
+        if key not in instances:
+            instances[key] = _instantiate(method_name, glob, own, labels)
+            if instances[key].uses_model_statistics:
+                raise MergeError(
+                    f"{method_name}: a whole-model selection (scope: model) cannot vary by "
+                    f"layer; give its parameters one value each, or scope: tensor"
+                )
+        plan.per_tensor[name] = instances[key]
+    if merged:
+        plan.method = plan.per_tensor[merged[0]]
+    plan.notes.append(
+        f"parameters vary by tensor (per-layer schedules or name filters): {len(instances)} "
+        f"distinct settings over {len(merged)} merged tensors; -v lists each tensor's"
+    )
+
+
 def _listing(names: list[str]) -> str:
     shown = ", ".join(names[:MAX_LISTED])
     return shown + (f", ... ({len(names) - MAX_LISTED} more)" if len(names) > MAX_LISTED else "")
@@ -276,7 +318,15 @@ def build_plan(
     model_params = list(model_params) if model_params is not None else [{} for _ in models]
     if len(model_params) != len(models):
         raise MergeError(f"{len(model_params)} sets of model parameters for {len(models)} models")
-    method = _instantiate(method_name, dict(params or {}), model_params, [m.label for m in models])
+    params = dict(params or {})
+    labels = [m.label for m in models]
+    scheduled = any(schedules.is_schedule(v) for p in (params, *model_params) for v in p.values())
+    first = next(iter(models[0].infos), "")
+    if scheduled:  # checked as the first tensor sees them; per tensor below
+        probe = [schedules.concrete(p, first, 0.0) for p in model_params]
+        method = _instantiate(method_name, schedules.concrete(params, first, 0.0), probe, labels)
+    else:
+        method = _instantiate(method_name, params, model_params, labels)
     if method.base_policy == "required" and base is None:
         raise MergeError(f"{method_name}: needs a base model (--base / base_model)")
     if method.base_policy == "unused" and base is not None:
@@ -325,6 +375,8 @@ def build_plan(
             + more
         )
     plan = MergePlan(method, list(models), base, tensors, recipe)
+    if scheduled:
+        _schedule(plan, method_name, params, model_params, labels)
     if ignored_base is not None:
         plan.ignored_base = ignored_base.label
         plan.notes.append(
