@@ -175,7 +175,7 @@ def _run_methods(args: argparse.Namespace) -> int:
         print((cls.__doc__ or "").strip())
         print("parameters:")
         for key, f in cls.Params.model_fields.items():
-            print(f"  {f.alias or key} = {f.default!r}")
+            print(f"  {f.alias or key} = {'(required)' if f.is_required() else repr(f.default)}")
         print("per-model parameters:")
         for key, f in cls.PerModel.model_fields.items():
             print(f"  {key} = {f.default!r}")

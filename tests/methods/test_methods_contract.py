@@ -65,7 +65,8 @@ def run(name: str, dtype=np.float32, identical: bool = False) -> dict[str, np.nd
     base = state(0, dtype)
     first = finetune(base, 1)
     models = [first if identical else finetune(base, 1 + i) for i in range(n)]
-    return merge_state_dicts(name, models, base if has_base else None)
+    params = REGISTRY[name].example_params
+    return merge_state_dicts(name, models, base if has_base else None, params=params)
 
 
 def test_every_module_of_the_package_is_imported_and_registered():
@@ -124,7 +125,8 @@ def test_workspace_is_a_count_of_bytes_and_the_dry_run_adds_it(method, monkeypat
     n, has_base = inputs_for(cls)
     base = state(0)
     models = [ArrayCheckpoint(finetune(base, 1 + i), f"model {i + 1}") for i in range(n)]
-    plan = build_plan(method, models, ArrayCheckpoint(base, "base") if has_base else None)
+    base_ckpt = ArrayCheckpoint(base, "base") if has_base else None
+    plan = build_plan(method, models, base_ckpt, params=REGISTRY[method].example_params)
     for name, shape in SHAPES.items():
         own = plan.method.workspace_bytes(name, shape, n, 4)
         assert isinstance(own, int) and own >= 0, shape

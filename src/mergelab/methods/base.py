@@ -118,6 +118,9 @@ class MergeMethod(ABC):
     whole_tensor_statistics: ClassVar[bool] = True
     """Whether ``tensor_statistics`` reads whole parameters (``DeltaAccess.tensor``) rather
     than chunks (``DeltaAccess.chunks``): the dry run counts their memory."""
+    example_params: ClassVar[dict[str, Any]] = {}
+    """Values for parameters without a default (mergekit requires them too), for the
+    registry-generated tests and the demo."""
     identical_inputs_give_input: ClassVar[bool] = True
     """With default parameters, n identical models (and any base) merge to that model
     (to float rounding). The registry-generated tests hold every method to it."""
