@@ -88,11 +88,11 @@ def output_file(
     """A file a result is written to (atomically), refused (one line naming ``option``)
     when it is one of the ``inputs`` or lies inside one, or is a folder."""
     out = Path(path).expanduser()
+    if out.is_dir():
+        raise MergelabError(f"{option} {out}: is a folder; give a file name")
     clash = same_or_within(out, [Path(i).expanduser() for i in inputs])
     if clash is not None:
         raise MergelabError(f"{option} {out}: is the input {clash}; it would be overwritten")
-    if out.is_dir():
-        raise MergelabError(f"{option} {out}: is a folder; give a file name")
     return out
 
 

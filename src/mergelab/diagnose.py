@@ -508,7 +508,7 @@ def _build(arch: str, state: Mapping[str, Any], label: str, info: Any, head: str
     try:
         load_weights(model, state)
     except ValueError as exc:
-        detail = "; ".join(line.strip() for line in str(exc).splitlines()[1:])
+        detail = str(exc).partition(" does not fit ")[2].partition(": ")[2]
         raise MergeError(f"{label} does not fit {arch}: {detail}") from None
     return model.eval(), chans, size
 

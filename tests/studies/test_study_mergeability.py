@@ -256,12 +256,16 @@ def test_preset_and_dry_run_counts():
         ({"methods": ["linear", "nope"]}, "mergeability.methods: nope unknown"),
         ({"features": ["cosine", "nope"]}, "mergeability.features: nope unknown"),
         ({"dare_density": 1.5}, "mergeability.dare_density"),
+        ("three tasks", "multitask.tasks: 3 tasks; the mergeability study needs at least 4"),
     ],
 )
 def test_bad_sections_are_one_line(tmp_path, capsys, section, message):
     cfg = {"name": "m", "datasets": [], "archs": [], "weight_stats": False}
     cfg["templates"] = {"enabled": False}
     cfg["magnitude"] = {"enabled": False}
+    if section == "three tasks":
+        cfg["multitask"] = {"tasks": ["mt-mnist", "mt-digits", "mt-rotated"]}
+        section = {}
     cfg["mergeability"] = {"enabled": True, **section}
     path = tmp_path / "m.yaml"
     path.write_text(yaml.safe_dump(cfg))

@@ -81,10 +81,8 @@ def load_weights(
     if strict and unexpected:
         problems.append(f"unexpected keys ({len(unexpected)}): {_listing(unexpected)}")
     if mismatched:
-        problems.append(f"shape mismatches ({len(mismatched)}):\n    " + "\n    ".join(mismatched))
-    if problems:
-        raise ValueError(
-            f"{where} does not fit {type(model).__name__}:\n  " + "\n  ".join(problems)
-        )
+        problems.append(f"shape mismatches ({len(mismatched)}): " + ", ".join(mismatched))
+    if problems:  # one line: the CLI prints it as one error line
+        raise ValueError(f"{where} does not fit {type(model).__name__}: " + "; ".join(problems))
     model.load_state_dict(state, strict=strict)
     return model

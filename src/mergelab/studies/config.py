@@ -537,6 +537,15 @@ class StudyConfig(_Strict):
             out += _repeats(name, getattr(self, name))
         if self.n_models < 2:
             out.append((("n_models",), f"{self.n_models}: a soup averages at least 2 models"))
+        tasks = self.multitask.tasks
+        if self.mergeability.enabled and tasks is not None and len(tasks) < 4:
+            out.append(
+                (
+                    ("multitask", "tasks"),
+                    f"{len(tasks)} tasks; the mergeability study needs at least 4 (each "
+                    "leave-one-task-out fold trains on the pairs of the others)",
+                )
+            )
         negative = [s for s in self.seeds if s < 0]
         if negative:
             out.append((("seeds",), f"{_values(negative)}: seeds are numbers >= 0"))

@@ -273,10 +273,9 @@ def multitask_outcomes(
         try:
             load_weights(model, {**backbone, **head.state})
         except ValueError as exc:
-            lines = [ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()]
+            detail = str(exc).partition(" does not fit ")[2].partition(": ")[2]
             raise MergeError(
-                f"multi-task: the backbone does not fit {head.arch} with {task}'s head: "
-                f"{'; '.join(lines[:3])}"
+                f"multi-task: the backbone does not fit {head.arch} with {task}'s head: {detail}"
             ) from None
         x, y = _eval_tensors(task, split, head.split_seed, head.in_chans, head.img_size)
         model = model.to(dev).eval()
