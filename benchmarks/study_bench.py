@@ -63,7 +63,10 @@ def verdict_table(out: Path) -> pd.DataFrame:
     from mergelab.report import Results, evaluate_claims
 
     rows = []
-    for c in evaluate_claims(Results.read(out)):
+    claims = evaluate_claims(Results.read(out))
+    if any(c.verdict != "not measured" for c in claims):  # the studies that ran, only
+        claims = [c for c in claims if c.verdict != "not measured"]
+    for c in claims:
         if not c.conditions:
             rows.append({"claim": c.key, "contrast": c.measured, "effect [interval]": "",
                          "settings": "", "says": "", "verdict": c.verdict})  # fmt: skip
@@ -73,7 +76,7 @@ def verdict_table(out: Path) -> pd.DataFrame:
             effect = f.format(m.estimate) + (
                 f" [{f.format(iv.low)}, {f.format(iv.high)}]" if iv else " (no interval)"
             )
-            unit = "" if m.unit == "points" else f" {m.unit}"
+            unit = "" if m.unit == "points" or m.label.endswith(m.unit) else f" {m.unit}"
             rows.append(
                 {
                     "claim": c.key,
