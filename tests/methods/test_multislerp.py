@@ -26,7 +26,7 @@ def test_with_a_base_the_task_vectors_are_interpolated():
     base = np.array([1.0, 1.0, 1.0])
     got = merge_state_dicts(
         "multislerp",
-        [{"w": base + [2.0, 0, 0]}, {"w": base + [0, 4.0, 0]}, {"w": base}],
+        [{"w": base + np.array([2.0, 0, 0])}, {"w": base + np.array([0, 4.0, 0])}, {"w": base}],
         {"w": base},
     )["w"]
     # the third model did not move: its zero vector adds nothing to the direction and 0
