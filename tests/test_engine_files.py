@@ -179,18 +179,17 @@ def test_recipe_names_every_unsupported_field_in_one_line(tmp_path):
     bad = tmp_path / "r.yaml"
     bad.write_text(
         "merge_method: ties\nmodels: [{model: a, parameters: {weight: {x: 1}}}]\n"
-        "parameters: {density: [{filter: mlp}]}\nslices: []\ntokenizer: {source: union}\n"
+        "parameters: {density: [{filter: mlp}]}\ntokenizer: {source: union}\n"
         "foo: 1\n"
     )
     with pytest.raises(MergeError) as err:
         Recipe.from_yaml(bad)
     allowed = (
-        "merge_method, models, base_model, parameters, dtype, out_dtype, key, strip_prefix, "
-        "tokenizer_source, chat_template"
+        "merge_method, models, slices, base_model, parameters, dtype, out_dtype, key, "
+        "strip_prefix, tokenizer_source, chat_template"
     )
     assert str(err.value) == (
         f"{bad}: not supported: "
-        "slices: layer stacking (slices / layer_range, passthrough) is not supported yet; "
         "tokenizer: tokenizer merging (a merged vocabulary) is not supported; give "
         "tokenizer_source: base, or a model's path; "
         f"foo: unknown key (allowed: {allowed}); "

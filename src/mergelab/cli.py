@@ -98,8 +98,10 @@ def _recipe_from_args(args: argparse.Namespace):
     else:
         if not args.method:
             raise MergeError("give a recipe file, or --method with --models")
-        recipe = Recipe(merge_method=args.method, models=[], base_model=args.base)
-        recipe.models = [ModelEntry(model=m) for m in args.models]
+        if not args.models:
+            raise MergeError("--models: give the checkpoints to merge (one or more)")
+        models = [ModelEntry(model=m) for m in args.models]
+        recipe = Recipe(merge_method=args.method, models=models, base_model=args.base)
     params = dict(recipe.parameters)
     params.update(parse_assignment(a) for a in args.param)
     if args.weights:
@@ -119,27 +121,30 @@ def _recipe_from_args(args: argparse.Namespace):
 
 
 def _run_merge(args: argparse.Namespace) -> int:
-    from mergelab.engine import check_plan_output, merge, open_recipe
+    from mergelab.engine import check_plan_output, merge
+    from mergelab.engine.api import open_plans
 
     recipe = _recipe_from_args(args)
     if args.dry_run:
-        plan = open_recipe(recipe)
+        plans, layers = open_plans(recipe)
         try:
             files = None
             if args.out:
                 files = check_plan_output(
-                    plan,
+                    plans,
                     args.out,
                     force=args.force,
                     max_shard_bytes=args.max_shard_size,
                     copy_tokenizer=not args.no_copy_tokenizer,
+                    layers=layers,
                 )
-            print(plan.describe(verbose=args.verbose))
+            print("\n\n".join(p.describe(verbose=args.verbose) for p in plans))
             if files is not None:
                 print(f"output      {args.out}: {', '.join(files)}")
         finally:
-            for ckpt in plan.inputs:
-                ckpt.close()
+            for p in plans:
+                for ckpt in p.inputs:
+                    ckpt.close()
         return 0
     if not args.out:
         raise MergeError("--out is required (a .safetensors file or a folder)")

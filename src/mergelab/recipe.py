@@ -12,13 +12,14 @@ dtype: float32                # output dtype of floating tensors (needed for mix
 mergekit's own keys are read too: ``out_dtype`` (the output dtype; ``dtype`` is then
 mergekit's compute dtype, and mergelab keeps its float32 sums), ``tokenizer_source`` and
 ``chat_template`` (folder outputs: :mod:`mergelab.io.hf_folder`), per-layer gradients and
-name filters as parameter values (:mod:`mergelab.schedules`), ``int8_mask`` (ignored, with
-a note). What mergelab does not do yet (``slices``, ``tokenizer``) is refused, every such
-field named in one line.
+name filters as parameter values (:mod:`mergelab.schedules`), ``slices`` of layers instead
+of ``models`` (:mod:`mergelab.engine.slices`), ``int8_mask`` (ignored, with a note). What
+mergelab does not do yet (``tokenizer``) is refused, every such field named in one line.
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -49,11 +50,30 @@ IGNORED_PARAMETERS = {
 }
 """mergekit parameters accepted and ignored, with what the user is told."""
 UNSUPPORTED_KEYS = {
-    "slices": "layer stacking (slices / layer_range, passthrough) is not supported yet",
     "tokenizer": "tokenizer merging (a merged vocabulary) is not supported; give "
     "tokenizer_source: base, or a model's path",
 }
 """mergekit recipe keys mergelab does not do yet, and why."""
+
+
+class SliceSource(BaseModel):
+    """One model's layers ``[start, stop)`` in a slice, with its own parameters."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    layer_range: tuple[int, int]
+    parameters: dict[str, Setting] = {}
+
+
+class SliceDef(BaseModel):
+    """Output layers made from the same number of layers of each source (one source:
+    copied, ``passthrough``; several: merged layer by layer by the recipe's method)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sources: list[SliceSource]
+    parameters: dict[str, Setting] = {}
 
 
 class Recipe(BaseModel):
@@ -62,7 +82,9 @@ class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     merge_method: str
-    models: list[ModelEntry]
+    models: list[ModelEntry] = []
+    slices: list[SliceDef] | None = None
+    """mergekit's layer slices (:mod:`mergelab.engine.slices`), instead of ``models``."""
     base_model: str | None = None
     parameters: dict[str, Setting] = {}
     dtype: str | None = None
@@ -88,6 +110,14 @@ class Recipe(BaseModel):
         if isinstance(value, list):
             return [{"model": v} if isinstance(v, str) else v for v in value]
         return value
+
+    @property
+    def inputs(self) -> list[str]:
+        """Every model path the recipe names, once, in order (models or slice sources)."""
+        names = [e.model for e in self.models] or [
+            src.model for sl in self.slices or [] for src in sl.sources
+        ]
+        return list(dict.fromkeys(names))
 
     @property
     def notes(self) -> list[str]:
@@ -119,9 +149,8 @@ class Recipe(BaseModel):
 
 def _mergekit_options(data: dict, path: Path) -> tuple[dict, list[str]]:
     """``data`` without the mergekit options mergelab accepts and ignores (and a note for
-    each), after refusing, all in one line, every mergekit feature it does not do: keys
-    such as ``slices`` and per-layer schedules and filters (lists or mappings where a
-    parameter takes one number)."""
+    each), after refusing, all in one line, every mergekit feature it does not do (such as
+    ``tokenizer``), every unknown key and every malformed schedule."""
     problems = [f"{k}: {why}" for k, why in UNSUPPORTED_KEYS.items() if k in data]
     allowed = ", ".join(Recipe.model_fields)
     problems += [
@@ -129,32 +158,35 @@ def _mergekit_options(data: dict, path: Path) -> tuple[dict, list[str]]:
         for k in data
         if k not in Recipe.model_fields and k not in UNSUPPORTED_KEYS
     ]
-    places: list[tuple[str, Any]] = [("parameters", data.get("parameters") or {})]
-    for i, entry in enumerate(data.get("models") or []):
-        if isinstance(entry, dict):
-            places.append((f"models[{i}].parameters", entry.get("parameters") or {}))
+    data = copy.deepcopy(data)
     notes: list[str] = []
-    for where, params in places:
-        if not isinstance(params, dict):
-            continue
-        for name, value in params.items():
+    for where, params in _parameter_sets(data):
+        for name, value in list(params.items()):
             problems += schedules.problems(value, f"{where}.{name}")
-            if name in IGNORED_PARAMETERS and IGNORED_PARAMETERS[name] not in notes:
-                notes.append(IGNORED_PARAMETERS[name])
+            if name in IGNORED_PARAMETERS:
+                del params[name]
+                if IGNORED_PARAMETERS[name] not in notes:
+                    notes.append(IGNORED_PARAMETERS[name])
     if problems:
         raise MergeError(f"{path}: not supported: " + "; ".join(problems))
-    data = dict(data)
-    for where, params in places:
-        if isinstance(params, dict) and any(k in IGNORED_PARAMETERS for k in params):
-            kept = {k: v for k, v in params.items() if k not in IGNORED_PARAMETERS}
-            if where == "parameters":
-                data["parameters"] = kept
-            else:
-                i = int(where[len("models[") : where.index("]")])
-                models = list(data["models"])
-                models[i] = {**models[i], "parameters": kept}
-                data["models"] = models
     return data, notes
+
+
+def _parameter_sets(data: dict) -> list[tuple[str, dict]]:
+    """Every ``parameters`` mapping of a raw recipe (global, per model, per slice and
+    source), with where it is."""
+    out: list[tuple[str, Any]] = [("parameters", data.get("parameters"))]
+    for i, entry in enumerate(data.get("models") or []):
+        if isinstance(entry, dict):
+            out.append((f"models[{i}].parameters", entry.get("parameters")))
+    for i, sl in enumerate(data.get("slices") or []):
+        if not isinstance(sl, dict):
+            continue
+        out.append((f"slices[{i}].parameters", sl.get("parameters")))
+        for j, src in enumerate(sl.get("sources") or []):
+            if isinstance(src, dict):
+                out.append((f"slices[{i}].sources[{j}].parameters", src.get("parameters")))
+    return [(where, p) for where, p in out if isinstance(p, dict)]
 
 
 def parse_assignment(text: str) -> tuple[str, Scalar]:

@@ -114,13 +114,17 @@ def _gradients(params: Mapping[str, Any]) -> list[str]:
 
 
 def resolve(
-    params: Mapping[str, Any], model_params: Sequence[Mapping[str, Any]], names: Sequence[str]
+    params: Mapping[str, Any],
+    model_params: Sequence[Mapping[str, Any]],
+    names: Sequence[str],
+    at: Mapping[str, float] | None = None,
 ) -> dict[str, tuple[dict[str, Scalar], list[dict[str, Scalar]]]]:
     """Per tensor name, the concrete global parameters and each model's own, with the
-    schedules evaluated (a filter that matches nothing leaves the parameter out)."""
-    t_of = positions(names)
+    schedules evaluated (a filter that matches nothing leaves the parameter out). ``at``
+    gives each tensor's t instead of :func:`positions` (a layer slice: its own layers)."""
+    t_of = positions(names) if at is None else dict(at)
     varying = _gradients(params) + [g for own in model_params for g in _gradients(own)]
-    if varying and all(layer_of(n) is None for n in names):
+    if varying and at is None and all(layer_of(n) is None for n in names):
         raise MergeError(
             f"{varying[0]}: a per-layer gradient, but no tensor name carries a layer index "
             f"(model.layers.N., transformer.h.N., ...; e.g. {names[0]!r}); give one number "

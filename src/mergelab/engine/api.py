@@ -72,20 +72,32 @@ def open_recipe(recipe: Recipe) -> MergePlan:
     return plan
 
 
+def _absolute(recipe: Recipe) -> Recipe:
+    """The recipe with every model path absolute."""
+
+    def entry(e: Any) -> Any:
+        return e.model_copy(update={"model": str(Path(e.model).resolve())})
+
+    return recipe.model_copy(
+        update={
+            "models": [entry(e) for e in recipe.models],
+            "slices": None
+            if recipe.slices is None
+            else [
+                sl.model_copy(update={"sources": [entry(s) for s in sl.sources]})
+                for sl in recipe.slices
+            ],
+            "base_model": None
+            if recipe.base_model is None
+            else str(Path(recipe.base_model).resolve()),
+        }
+    )
+
+
 def _record(plan: MergePlan) -> tuple[Recipe, dict[str, str]]:
     """The recipe with absolute paths and resolved parameters, as stored with the output."""
     assert plan.recipe is not None
-    recipe = plan.recipe.model_copy(
-        update={
-            "models": [
-                e.model_copy(update={"model": str(Path(e.model).resolve())})
-                for e in plan.recipe.models
-            ],
-            "base_model": None
-            if plan.recipe.base_model is None
-            else str(Path(plan.recipe.base_model).resolve()),
-        }
-    )
+    recipe = _absolute(plan.recipe)
     metadata = {
         "mergelab.recipe": json.dumps(recipe.model_dump(exclude_defaults=True), sort_keys=True),
         "mergelab.method_params": json.dumps(plan.method.params.model_dump(by_alias=True)),
@@ -103,14 +115,33 @@ def _input_paths(plan: MergePlan) -> list[Path]:
     """Every path the merge reads: as the recipe gives them, and the files behind them."""
     paths = [Path(p) for ckpt in plan.inputs for p in ckpt.files]
     if plan.recipe is not None:
-        paths += [Path(e.model) for e in plan.recipe.models]
+        paths += [Path(m) for m in plan.recipe.inputs]
         if plan.recipe.base_model is not None:
             paths.append(Path(plan.recipe.base_model))
     return paths
 
 
+def open_plans(recipe: Recipe) -> tuple[list[MergePlan], int | None]:
+    """The plans of a recipe: one (``models``), or one per layer slice and for the tensors
+    outside the layers (``slices``: :mod:`mergelab.engine.slices`), and the output's layer
+    count when slices set it."""
+    if recipe.models and recipe.slices:
+        raise MergeError("give either models or slices (exactly one of them), not both")
+    if not recipe.slices:
+        return [open_recipe(recipe)], None
+    from mergelab.engine.slices import plan_slices
+
+    plans, layers = plan_slices(recipe, {"key": recipe.key, "strip_prefix": recipe.strip_prefix})
+    plans[0].notes = [*recipe.notes, *plans[0].notes]
+    plans[0].notes.append(
+        f"{len(recipe.slices)} slices stacked into {layers} layers; "
+        f"{len(plans)} plans (slices, then the tensors outside the layers)"
+    )
+    return plans, layers
+
+
 def companions(
-    recipe: Recipe, out: str | Path, *, copy_tokenizer: bool = True
+    recipe: Recipe, out: str | Path, *, copy_tokenizer: bool = True, layers: int | None = None
 ) -> tuple[dict[str, bytes], list[str]]:
     """The config and tokenizer files a folder output gets beside its tensors
     (:mod:`mergelab.io.hf_folder`), and notes on them; none for a single-file output."""
@@ -127,10 +158,11 @@ def companions(
 
     files, notes = companion_files(
         recipe.base_model,
-        [e.model for e in recipe.models],
+        recipe.inputs,
         tokenizer_source=recipe.tokenizer_source,
         chat_template=recipe.chat_template,
         copy_tokenizer=copy_tokenizer,
+        layers=layers,
     )
     folder = Path(out)
     theirs = [n for n in files if (folder / n).exists() and not written_by_mergelab(folder / n)]
@@ -161,18 +193,19 @@ def merge(
     """
     if not isinstance(recipe, Recipe):
         recipe = Recipe.from_yaml(recipe)
-    plan = open_recipe(recipe)
+    plans, layers = open_plans(recipe)
+    plan = plans[0]
     for note in recipe.notes:
         print(f"mergelab: note: {note}", file=sys.stderr)
     try:
-        files, file_notes = companions(recipe, out, copy_tokenizer=copy_tokenizer)
+        files, file_notes = companions(recipe, out, copy_tokenizer=copy_tokenizer, layers=layers)
         record, metadata = _record(plan)
         header = "".join(f"# {k} {v}\n" for k, v in versions().items())
         header += "".join(f"# note: {n}\n" for n in [*plan.notes, *file_notes])
         header += "".join(f"{WROTE_MARK}{name}\n" for name in files)
         yaml_name = _recipe_name(out)
         out = Path(out)
-        infos = [TensorInfo(t.name, t.shape, t.out_dtype) for t in plan.tensors]
+        infos = [TensorInfo(t.name, t.shape, t.out_dtype) for p in plans for t in p.tensors]
         writer = SafetensorsWriter(
             out,
             infos,
@@ -180,13 +213,13 @@ def merge(
             max_shard_bytes=max_shard_bytes,
             force=force,
             extra_files={yaml_name: record.to_yaml(header), **files},
-            inputs=_input_paths(plan),
+            inputs=[path for p in plans for path in _input_paths(p)],
         )
         for note in file_notes:
             if note.startswith("kept "):
                 print(f"mergelab: note: {note}", file=sys.stderr)
         try:
-            differing = execute(plan, writer, progress=progress)
+            differing = [name for p in plans for name in execute(p, writer, progress=progress)]
         except BaseException:
             writer.abort()
             raise
@@ -199,8 +232,9 @@ def merge(
                 file=sys.stderr,
             )
     finally:
-        for ckpt in plan.inputs:
-            ckpt.close()
+        for p in plans:
+            for ckpt in p.inputs:
+                ckpt.close()
     return out
 
 
@@ -239,25 +273,29 @@ def merge_state_dicts(
 
 
 def check_plan_output(
-    plan: MergePlan,
+    plan: MergePlan | Sequence[MergePlan],
     out: str | Path,
     *,
     force: bool,
     max_shard_bytes: int | None,
     copy_tokenizer: bool = True,
+    layers: int | None = None,
 ) -> list[str]:
-    """The files a merge into ``out`` would write, after every check the real run makes
-    (an input in the way, a file mergelab did not write); nothing is touched."""
-    infos = [TensorInfo(t.name, t.shape, t.out_dtype) for t in plan.tensors]
+    """The files a merge into ``out`` would write (of one plan, or of a recipe's plans:
+    :func:`open_plans`), after every check the real run makes (an input in the way, a file
+    mergelab did not write); nothing is touched."""
+    plans = [plan] if isinstance(plan, MergePlan) else list(plan)
+    first = plans[0]
+    infos = [TensorInfo(t.name, t.shape, t.out_dtype) for p in plans for t in p.tensors]
     files: dict[str, bytes] = {}
-    if plan.recipe is not None:
-        files, notes = companions(plan.recipe, out, copy_tokenizer=copy_tokenizer)
-        plan.notes += [n for n in notes if n not in plan.notes]
+    if first.recipe is not None:
+        files, notes = companions(first.recipe, out, copy_tokenizer=copy_tokenizer, layers=layers)
+        first.notes += [n for n in notes if n not in first.notes]
     return check_output(
         out,
         infos,
         max_shard_bytes=max_shard_bytes,
         force=force,
         extra_names=[_recipe_name(out), *files],
-        inputs=_input_paths(plan),
+        inputs=[path for p in plans for path in _input_paths(p)],
     )

@@ -274,12 +274,14 @@ def _schedule(
     params: dict[str, Any],
     model_params: list[Mapping[str, Any]],
     labels: list[str],
+    positions: Mapping[str, float] | None = None,
 ) -> None:
     """Per-layer schedules and filters: each merged tensor's own parameters, one method
     instance per distinct setting (:mod:`mergelab.schedules`)."""
     merged = [t.name for t in plan.tensors if t.merged]
     instances: dict[str, MergeMethod] = {}
-    for name, (glob, own) in schedules.resolve(params, model_params, merged).items():
+    resolved = schedules.resolve(params, model_params, merged, positions)
+    for name, (glob, own) in resolved.items():
         key = repr((sorted(glob.items()), [sorted(o.items()) for o in own]))
         if key not in instances:
             instances[key] = _instantiate(method_name, glob, own, labels)
@@ -311,8 +313,11 @@ def build_plan(
     model_params: Sequence[Mapping[str, Any]] | None = None,
     dtype: str | None = None,
     recipe: Recipe | None = None,
+    positions: Mapping[str, float] | None = None,
 ) -> MergePlan:
-    """Check everything that can be checked from headers, and decide what to do per tensor."""
+    """Check everything that can be checked from headers, and decide what to do per tensor.
+    ``positions``: each tensor's place t in [0, 1] for per-layer schedules (default: from
+    the layer index in its name)."""
     if not models:
         raise MergeError("no models to merge: give at least one model")
     model_params = list(model_params) if model_params is not None else [{} for _ in models]
@@ -376,7 +381,7 @@ def build_plan(
         )
     plan = MergePlan(method, list(models), base, tensors, recipe)
     if scheduled:
-        _schedule(plan, method_name, params, model_params, labels)
+        _schedule(plan, method_name, params, model_params, labels, positions)
     if ignored_base is not None:
         plan.ignored_base = ignored_base.label
         plan.notes.append(

@@ -59,6 +59,28 @@ def _read(path: Path) -> bytes:
         raise MergeError(f"{path}: cannot read ({exc.strerror})") from None
 
 
+LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+"""Where a config keeps its layer count (Llama and most decoders, GPT-2, others)."""
+
+
+def _layer_count(raw: bytes, source: Path, layers: int) -> tuple[bytes, str]:
+    try:
+        config = json.loads(raw)
+    except ValueError as exc:
+        raise MergeError(f"{source}/config.json: not JSON ({exc})") from None
+    keys = [k for k in LAYER_KEYS if k in config] if isinstance(config, dict) else []
+    if not keys:
+        raise MergeError(
+            f"{source}/config.json: no layer count ({', '.join(LAYER_KEYS)}) to set to the "
+            f"{layers} stacked layers"
+        )
+    was = config[keys[0]]
+    for k in keys:
+        config[k] = layers
+    text = json.dumps(config, indent=2) + "\n"
+    return text.encode(), f"config.json: {keys[0]} {was} -> {layers} (the stacked slices)"
+
+
 def _template(value: str) -> str:
     if value == "chatml":
         return CHATML
@@ -77,9 +99,11 @@ def companion_files(
     tokenizer_source: str | None = None,
     chat_template: str | None = None,
     copy_tokenizer: bool = True,
+    layers: int | None = None,
 ) -> tuple[dict[str, bytes], list[str]]:
     """The files to write beside a folder output (name -> bytes) and notes on where they
-    came from, or why there are none."""
+    came from, or why there are none. ``layers``: the output's layer count (stacked
+    slices), written into the config's layer-count key."""
     source = _folder(base) or next((f for f in map(_folder, models) if f is not None), None)
     files: dict[str, bytes] = {}
     notes: list[str] = []
@@ -93,6 +117,9 @@ def companion_files(
             if (source / name).is_file():
                 files[name] = _read(source / name)
         notes.append(f"{', '.join(files)} copied from {source}")
+        if layers is not None:
+            files["config.json"], note = _layer_count(files["config.json"], source, layers)
+            notes.append(note)
     tok = source
     if tokenizer_source is not None:
         if tokenizer_source == "base":
