@@ -1,0 +1,196 @@
+"""The same recipe through mergekit and mergelab, on generated pico Llama models (the
+configurations of mergekit's tests/test_basic_merges.py and its examples): the same
+tensors, to the tolerance each method's arithmetic allows, and for random methods the
+same statistics. Needs mergekit (``pip install -e ".[bench]"``); marked ``mergekit``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+mergekit_merge = pytest.importorskip("mergekit.merge")
+mergekit_config = pytest.importorskip("mergekit.config")
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from safetensors.numpy import load_file  # noqa: E402
+
+from mergelab.cli import main  # noqa: E402
+
+pytestmark = pytest.mark.mergekit
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, str]:
+    """base, and a, b, c: the base plus seeded noise (fine-tunes of one start)."""
+    root = tmp_path_factory.mktemp("pico")
+    cfg = transformers.LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=32,
+        tie_word_embeddings=False,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    base = transformers.LlamaForCausalLM(cfg)
+    base.save_pretrained(root / "base")
+    out = {"base": str(root / "base")}
+    for i, name in enumerate("abc"):
+        gen = torch.Generator().manual_seed(10 + i)
+        model = transformers.LlamaForCausalLM(cfg)
+        model.load_state_dict(
+            {
+                k: v + 0.02 * torch.randn(v.shape, generator=gen)
+                for k, v in base.state_dict().items()
+            }
+        )
+        model.save_pretrained(root / name)
+        out[name] = str(root / name)
+    return out
+
+
+def _both(recipe: dict, tmp_path: Path) -> tuple[dict, dict, dict]:
+    """(mergekit's tensors, mergelab's, the base's) for ``recipe``."""
+    config = mergekit_config.MergeConfiguration.model_validate(recipe)
+    mk = tmp_path / "mk"
+    mergekit_merge.run_merge(config, out_path=str(mk), options=mergekit_merge.MergeOptions())
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    assert main(["merge", str(path), "--out", str(tmp_path / "ml")]) == 0
+    theirs = {}
+    for f in sorted(mk.glob("*.safetensors")):
+        theirs |= load_file(str(f))
+    ours = load_file(str(tmp_path / "ml" / "model.safetensors"))
+    base = recipe.get("base_model")
+    return theirs, ours, load_file(str(Path(base) / "model.safetensors")) if base else {}
+
+
+def _two(m, method, base=None, **params):
+    recipe = {
+        "merge_method": method,
+        "models": [
+            {"model": m["a"], "parameters": {"weight": 0.6}},
+            {"model": m["b"], "parameters": {"weight": 0.4}},
+        ],
+        "dtype": "float32",
+    }
+    if base:
+        recipe["base_model"] = m[base]
+    if params:
+        recipe["parameters"] = params
+    return recipe
+
+
+def _per_model(recipe: dict, **params) -> dict:
+    for entry in recipe["models"]:
+        entry["parameters"].update(params)
+    return recipe
+
+
+# (recipe builder, relative tolerance, share of elements allowed beyond it): 0, 0 means
+# the same bytes. arcee_fusion's mask is a threshold on a score mergekit computes in float32
+# and mergelab in float64: elements at the threshold may fall either side.
+DETERMINISTIC = {
+    "linear": (lambda m: _two(m, "linear"), 1e-6),
+    "linear_uniform": (lambda m: _per_model(_two(m, "linear"), weight=1.0), 0.0),
+    "task_arithmetic": (lambda m: _two(m, "task_arithmetic", "c"), 0.0),
+    "ties": (lambda m: _per_model(_two(m, "ties", "c"), density=0.3), 0.0),
+    "breadcrumbs": (lambda m: _two(m, "breadcrumbs", "c"), 0.0),
+    "slerp": (lambda m: _two(m, "slerp", "a", t=0.35), 1e-6),
+    "nuslerp": (lambda m: _two(m, "nuslerp"), 1e-6),
+    "multislerp": (lambda m: _two(m, "multislerp", "c"), 1e-6),
+    "karcher": (lambda m: _two(m, "karcher"), 1e-6),
+    "sce": (lambda m: _two(m, "sce", "c", select_topk=0.5), 1e-6),
+    "ram": (lambda m: _two(m, "ram", "c"), 0.0),
+    "ramplus_tl": (lambda m: _two(m, "ramplus_tl", "c"), 1e-6),
+    "model_stock": (lambda m: _two(m, "model_stock", "base"), 1e-6),
+    "nearswap": (
+        lambda m: {
+            "merge_method": "nearswap",
+            "base_model": m["a"],
+            "models": [{"model": m["a"]}, {"model": m["b"]}],
+            "parameters": {"t": 0.01},
+            "dtype": "float32",
+        },
+        0.0,
+    ),
+    "arcee_fusion": (
+        lambda m: {
+            **_two(m, "arcee_fusion", "a"),
+            "models": [{"model": m["a"]}, {"model": m["b"]}],
+        },
+        (1e-6, 1e-3),
+    ),
+    "gradient_slerp": (
+        lambda m: {
+            "slices": [
+                {
+                    "sources": [
+                        {"model": m["a"], "layer_range": [0, 4]},
+                        {"model": m["b"], "layer_range": [0, 4]},
+                    ]
+                }
+            ],
+            "merge_method": "slerp",
+            "base_model": m["a"],
+            "parameters": {
+                "t": [
+                    {"filter": "self_attn", "value": [0, 0.5, 0.3, 0.7, 1]},
+                    {"filter": "mlp", "value": [1, 0.5, 0.7, 0.3, 0]},
+                    {"value": 0.5},
+                ]
+            },
+            "dtype": "float32",
+        },
+        1e-6,
+    ),
+    "passthrough_stack": (
+        lambda m: {
+            "slices": [
+                {"sources": [{"model": m["a"], "layer_range": [0, 3]}]},
+                {"sources": [{"model": m["b"], "layer_range": [1, 4]}]},
+            ],
+            "merge_method": "passthrough",
+            "dtype": "float32",
+        },
+        0.0,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DETERMINISTIC))
+def test_the_same_tensors_as_mergekit(name, models, tmp_path):
+    build, tol = DETERMINISTIC[name]
+    rtol, share = tol if isinstance(tol, tuple) else (tol, 0.0)
+    theirs, ours, _ = _both(build(models), tmp_path)
+    assert set(ours) == set(theirs)
+    beyond = total = 0
+    for k in theirs:
+        a, b = ours[k].astype(np.float64), theirs[k].astype(np.float64)
+        scale = max(float(np.abs(b).max()), 1e-12)
+        beyond += int(np.sum(np.abs(a - b) > rtol * scale))
+        total += a.size
+    assert beyond <= share * total, f"{name}: {beyond} of {total} values differ beyond {rtol:g}"
+
+
+@pytest.mark.parametrize(
+    "method, params",
+    [
+        ("dare_ties", {"density": 0.66}),
+        ("della", {"density": 0.66, "epsilon": 0.05}),
+    ],
+)
+def test_random_methods_have_mergekits_statistics(method, params, models, tmp_path):
+    recipe = _per_model(
+        _two(models, method, "c", **({"lambda": 0.5} if method == "della" else {})), **params
+    )
+    theirs, ours, base = _both(recipe, tmp_path)
+    for k in theirs:
+        if theirs[k].size < 1000:
+            continue
+        same_theirs = np.mean(theirs[k] == base[k])
+        same_ours = np.mean(ours[k] == base[k])
+        assert abs(same_theirs - same_ours) < 0.05, k
+        norm = np.linalg.norm(theirs[k] - base[k]), np.linalg.norm(ours[k] - base[k])
+        assert abs(norm[0] - norm[1]) <= 0.1 * norm[0] + 1e-9, k
