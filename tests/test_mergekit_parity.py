@@ -50,14 +50,20 @@ def models(tmp_path_factory) -> dict[str, str]:
     return out
 
 
-def _both(recipe: dict, tmp_path: Path) -> tuple[dict, dict, dict]:
-    """(mergekit's tensors, mergelab's, the base's) for ``recipe``."""
+def _both_files(recipe: dict, tmp_path: Path) -> Path:
+    """Merge ``recipe`` with mergekit into ``tmp_path/mk`` and mergelab into ``.../ml``."""
     config = mergekit_config.MergeConfiguration.model_validate(recipe)
     mk = tmp_path / "mk"
     mergekit_merge.run_merge(config, out_path=str(mk), options=mergekit_merge.MergeOptions())
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     assert main(["merge", str(path), "--out", str(tmp_path / "ml")]) == 0
+    return mk
+
+
+def _both(recipe: dict, tmp_path: Path) -> tuple[dict, dict, dict]:
+    """(mergekit's tensors, mergelab's, the base's) for ``recipe``."""
+    mk = _both_files(recipe, tmp_path)
     theirs = {}
     for f in sorted(mk.glob("*.safetensors")):
         theirs |= load_file(str(f))
@@ -159,6 +165,82 @@ DETERMINISTIC = {
 }
 
 
+def _example_linear(m):
+    return {
+        "models": [
+            {"model": m["a"], "parameters": {"weight": 1.0}},
+            {"model": m["b"], "parameters": {"weight": 0.3}},
+            {"model": m["c"], "parameters": {"weight": 0.5}},
+        ],
+        "merge_method": "linear",
+        "dtype": "float16",
+    }
+
+
+def _example_ties(m):
+    return {
+        "models": [
+            {"model": m["a"], "parameters": {"density": [1, 0.7, 0.1], "weight": 1.0}},
+            {"model": m["b"], "parameters": {"density": 0.5, "weight": [0, 0.3, 0.7, 1]}},
+            {
+                "model": m["c"],
+                "parameters": {
+                    "density": 0.33,
+                    "weight": [{"filter": "mlp", "value": 0.5}, {"value": 0}],
+                },
+            },
+        ],
+        "merge_method": "ties",
+        "base_model": m["base"],
+        "parameters": {"normalize": True, "int8_mask": True},
+        "dtype": "float16",
+    }
+
+
+def _example_bio(m):
+    return {
+        "models": [
+            {"model": m["a"], "parameters": {"density": 0.5, "weight": 0.5}},
+            {"model": m["b"], "parameters": {"density": 0.5, "weight": 0.5}},
+        ],
+        "merge_method": "ties",
+        "base_model": m["base"],
+        "parameters": {"normalize": False, "int8_mask": True},
+        "dtype": "float16",
+    }
+
+
+def _example_fusion(m):
+    return {
+        "models": [{"model": m["a"]}, {"model": m["b"]}],
+        "merge_method": "arcee_fusion",
+        "base_model": m["a"],
+        "dtype": "bfloat16",
+    }
+
+
+EXAMPLES = {
+    "linear.yml": _example_linear,
+    "ties.yml": _example_ties,
+    "bio-merge.yml": _example_bio,
+    "arcee_fusion.yml": _example_fusion,
+}
+"""mergekit's example recipes (examples/*.yml), on the pico models."""
+
+
+def _float32(build):
+    return lambda m: {**build(m), "dtype": "float32"}
+
+
+DETERMINISTIC |= {
+    f"{name} (float32)": (
+        _float32(build),
+        (1e-6, 1e-3) if "fusion" in name else 1e-6 if "linear" in name else 0.0,
+    )
+    for name, build in EXAMPLES.items()
+}
+
+
 @pytest.mark.parametrize("name", sorted(DETERMINISTIC))
 def test_the_same_tensors_as_mergekit(name, models, tmp_path):
     build, tol = DETERMINISTIC[name]
@@ -194,3 +276,17 @@ def test_random_methods_have_mergekits_statistics(method, params, models, tmp_pa
         assert abs(same_theirs - same_ours) < 0.05, k
         norm = np.linalg.norm(theirs[k] - base[k]), np.linalg.norm(ours[k] - base[k])
         assert abs(norm[0] - norm[1]) <= 0.1 * norm[0] + 1e-9, k
+
+
+def test_a_float16_recipe_differs_by_one_rounding_step(models, tmp_path):
+    """mergekit computes in the recipe's dtype, mergelab in float32 and rounds once at the
+    end (README): with ``dtype: float16`` the linear example differs by at most one float16
+    step at the tensor's scale (2^-10 of its largest value) here and there."""
+    theirs, ours, _ = _both(_example_linear(models), tmp_path)
+    differ = 0
+    for k in theirs:
+        a, b = ours[k].astype(np.float64), theirs[k].astype(np.float64)
+        assert ours[k].dtype == np.float16
+        assert np.abs(a - b).max() <= 1.01 * 2.0**-10 * np.abs(b).max(), k
+        differ += int(np.sum(a != b))
+    assert differ > 0  # the dtypes' rounding does show
