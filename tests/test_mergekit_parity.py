@@ -5,6 +5,7 @@ same statistics. Needs mergekit (``pip install -e ".[bench]"``); marked ``mergek
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,29 @@ from safetensors.numpy import load_file  # noqa: E402
 from mergelab.cli import main  # noqa: E402
 
 pytestmark = pytest.mark.mergekit
+
+
+@pytest.fixture(scope="module")
+def others(tmp_path_factory) -> dict[str, str]:
+    """Pico GPT-2 and Granite models (two of each), as mergekit's own tests use."""
+    root = tmp_path_factory.mktemp("pico-others")
+    configs = {
+        "gpt2": transformers.GPT2Config(
+            vocab_size=64, n_positions=32, n_embd=32, n_layer=4, n_head=4
+        ),
+        "granite": transformers.GraniteConfig(
+            vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
+            num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=32,
+        ),
+    }  # fmt: skip
+    out = {}
+    for kind, cfg in configs.items():
+        for i in range(2):
+            torch.manual_seed(20 + i)
+            model = transformers.AutoModelForCausalLM.from_config(cfg)
+            model.save_pretrained(root / f"{kind}{i}")
+            out[f"{kind}{i}"] = str(root / f"{kind}{i}")
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -290,3 +314,83 @@ def test_a_float16_recipe_differs_by_one_rounding_step(models, tmp_path):
         assert np.abs(a - b).max() <= 1.01 * 2.0**-10 * np.abs(b).max(), k
         differ += int(np.sum(a != b))
     assert differ > 0  # the dtypes' rounding does show
+
+
+def _nuslerp(m, base: bool, row_wise: bool, flatten: bool, weights=(0.6, 0.4)):
+    recipe = _two(m, "nuslerp", "c" if base else None)
+    recipe["parameters"] = {"nuslerp_row_wise": row_wise, "nuslerp_flatten": flatten}
+    for entry, w in zip(recipe["models"], weights, strict=True):
+        entry["parameters"]["weight"] = w
+    return recipe
+
+
+MORE = {
+    **{
+        f"nuslerp base={b} row_wise={r} flatten={f}": lambda m, b=b, r=r, f=f: _nuslerp(m, b, r, f)
+        for b in (False, True)
+        for r in (False, True)
+        for f in (False, True)
+    },
+    "nuslerp weights summing to 0": lambda m: _nuslerp(m, True, False, False, (-0.5, 0.5)),
+    "model_stock filter_wise": lambda m: _two(m, "model_stock", "base", filter_wise=True),
+    "passthrough scale filter": lambda m: {
+        "merge_method": "passthrough",
+        "models": [
+            {
+                "model": m["a"],
+                "parameters": {"scale": [{"filter": "o_proj", "value": 0}, {"value": 1}]},
+            }
+        ],
+        "dtype": "float32",
+    },
+}
+
+
+@pytest.mark.parametrize("name", sorted(MORE))
+def test_more_configurations_of_mergekits_tests(name, models, tmp_path):
+    theirs, ours, _ = _both(MORE[name](models), tmp_path)
+    assert set(ours) == set(theirs)
+    for k in theirs:
+        scale = max(float(np.abs(theirs[k]).max()), 1e-12)
+        assert np.abs(ours[k].astype(np.float64) - theirs[k]).max() <= 1e-6 * scale, (name, k)
+
+
+def _other(m, kind, method, **extra):
+    recipe = {"merge_method": method, "dtype": "float32", **extra}
+    if "models" not in extra and "slices" not in extra:
+        recipe["models"] = [
+            {"model": m[f"{kind}0"], "parameters": {"weight": 0.6}},
+            {"model": m[f"{kind}1"], "parameters": {"weight": 0.4}},
+        ]
+    return recipe
+
+
+OTHER_ARCHS = {
+    "gpt2 copy": lambda m: _other(m, "gpt2", "passthrough", models=[{"model": m["gpt20"]}]),
+    "gpt2 stack": lambda m: _other(
+        m,
+        "gpt2",
+        "passthrough",
+        slices=[{"sources": [{"model": m["gpt20"], "layer_range": [0, 4]}]}] * 2,
+    ),
+    "granite copy": lambda m: _other(
+        m, "granite", "passthrough", models=[{"model": m["granite0"]}]
+    ),
+    "granite linear": lambda m: _other(m, "granite", "linear"),
+    "granite slerp": lambda m: _other(
+        m, "granite", "slerp", base_model=m["granite0"], parameters={"t": 0.5}
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OTHER_ARCHS))
+def test_gpt2_and_granite(name, others, tmp_path):
+    recipe = OTHER_ARCHS[name](others)
+    theirs, ours, _ = _both(recipe, tmp_path)
+    assert set(ours) == set(theirs)
+    for k in theirs:
+        scale = max(float(np.abs(theirs[k]).max()), 1e-12)
+        assert np.abs(ours[k].astype(np.float64) - theirs[k]).max() <= 1e-6 * scale, (name, k)
+    if name == "gpt2 stack":
+        config = json.loads((tmp_path / "ml" / "config.json").read_text())
+        assert config["n_layer"] == 8

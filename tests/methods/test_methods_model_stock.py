@@ -14,7 +14,7 @@ from mergelab.methods.model_stock import _row_pieces, ratios_from_gram
 def whole_tensor_model_stock(tensors: np.ndarray, base: np.ndarray, filter_wise: bool):
     """The previous implementation (whole tensors in their shape)."""
     n = tensors.shape[0]
-    rows = base.shape[0] if filter_wise and base.ndim >= 1 else 1
+    rows = base.shape[0] if filter_wise and base.ndim >= 2 else 1  # a vector: one row
     flat_base = base.reshape(rows, -1)
     models = tensors.reshape(n, rows, -1)
     offsets = models - flat_base

@@ -29,7 +29,8 @@ SINGULAR_EPS = 1e-6
 
 class ModelStockParams(MethodParams):
     filter_wise: bool = False
-    """One ratio per output row instead of one per tensor."""
+    """One ratio per output row (a matrix's rows, a conv kernel's output filters) instead
+    of one per tensor; a vector (bias, norm) keeps one ratio."""
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,9 @@ class ModelStock(MergeMethod):
         return True
 
     def _rows(self, shape: tuple[int, ...]) -> int:
-        return shape[0] if self.params.filter_wise and len(shape) >= 1 else 1
+        # A vector (bias, norm) is one row, as in mergekit; a conv kernel's rows are its
+        # output filters (mergekit's rows run along the last axis instead).
+        return shape[0] if self.params.filter_wise and len(shape) >= 2 else 1
 
     def tensor_statistics(self, ctx: TensorContext, deltas: DeltaAccess) -> ModelStockStats:
         assert deltas.chunks is not None
