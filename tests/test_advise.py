@@ -191,3 +191,25 @@ def test_one_model_is_refused(siblings, tmp_path, capsys):
     assert capsys.readouterr().err.strip() == (
         "mergelab: error: advise: give at least two models (got 1)"
     )
+
+
+def test_the_same_checkpoint_twice_and_a_base_that_does_not_fit_are_refused_first(
+    siblings, tmp_path, capsys, monkeypatch
+):
+    import mergelab.compare as compare
+
+    def no_evaluation(*a, **k):
+        raise AssertionError("evaluated before the inputs were checked")
+
+    monkeypatch.setattr(compare, "run_compare", no_evaluation)
+    models, _ = siblings
+    args = ["advise", "--arch", "mlp", "--data", "digits", "--cache-dir", str(tmp_path)]
+    assert main([*args, "--models", models[0], models[0]]) == 2
+    assert "--models: " in capsys.readouterr().err
+    odd = tmp_path / "odd.safetensors"
+    save_file({"w": torch.zeros(3)}, str(odd))
+    assert main([*args, "--models", *models, "--base", str(odd)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"mergelab: error: --base {odd}: does not match the models")
+    assert main([*args, "--models", *models, "--base", models[1]]) == 2
+    assert "is one of the models" in capsys.readouterr().err

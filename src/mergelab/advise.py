@@ -191,6 +191,7 @@ def advise(
     finite_number("--tolerance", tolerance, ConfigError)
     if tolerance < 0:
         raise ConfigError(f"--tolerance {tolerance:g}: must be >= 0 (points of accuracy)")
+    _check_models(models, base)
     inputs = [*models, *([base] if base is not None else [])]
     folder = output_folder(Path(out).expanduser(), writes=(ADVICE_FILE,)) if out else None
     if folder is not None:
@@ -216,6 +217,12 @@ def advise(
         evidence.append(
             "merging loses accuracy beyond the noise: the models do not average well "
             "(different starts, or too far apart); the best single model is the 1x option"
+        )
+    elif single.val_accuracy > merge.val_accuracy:
+        cheap = single
+        evidence.append(
+            "the best single model is ahead of the best merge on val (within the noise): "
+            "both cost 1x, so the single model is the 1x option"
         )
     frame = report.frame
     greedy = frame[(frame["method"] == "Greedy Soup") & (frame["metric"] == "accuracy")]
@@ -264,6 +271,44 @@ def advise(
     for t in targets:
         atomic_write_text(t, advice.to_json())
     return advice
+
+
+def _check_models(models: Sequence[str | os.PathLike[str]], base: Any) -> None:
+    """Before any evaluation: no checkpoint given twice, and a base that has the models'
+    tensor names and shapes and is not one of them (headers only)."""
+    from mergelab.engine.plan import check_inputs
+    from mergelab.errors import MergelabError
+    from mergelab.io.open import open_checkpoint
+
+    seen: dict[Path, str] = {}
+    for m in models:
+        key = Path(m).expanduser().resolve()
+        if key in seen:
+            raise ConfigError(f"--models: {m} given twice (as {seen[key]} too)")
+        seen[key] = str(m)
+    if base is None:
+        return
+    if Path(base).expanduser().resolve() in seen:
+        raise ConfigError(
+            f"--base {base}: is one of the models; give the checkpoint they start from"
+        )
+    opened = []
+    try:
+        try:
+            opened = [open_checkpoint(m) for m in models]
+            base_ckpt = open_checkpoint(base)
+            opened.append(base_ckpt)
+        except MergelabError as exc:
+            raise ConfigError(
+                f"--base {base}: {exc}" if "base" not in str(exc) else str(exc)
+            ) from None
+        try:
+            check_inputs(opened[:-1], base_ckpt)
+        except MergelabError as exc:
+            raise ConfigError(f"--base {base}: does not match the models: {exc}") from None
+    finally:
+        for c in opened:
+            c.close()
 
 
 def _points(iv: dict[str, float]) -> str:

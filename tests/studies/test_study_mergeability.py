@@ -257,6 +257,10 @@ def test_preset_and_dry_run_counts():
         ({"features": ["cosine", "nope"]}, "mergeability.features: nope unknown"),
         ({"dare_density": 1.5}, "mergeability.dare_density"),
         ("three tasks", "multitask.tasks: 3 tasks; the mergeability study needs at least 4"),
+        (
+            {"params": {"ties": {"lambda": 0.3, "bogus": 1}}},
+            "mergeability.params.ties: bogus: no such parameter of ties",
+        ),
     ],
 )
 def test_bad_sections_are_one_line(tmp_path, capsys, section, message):

@@ -47,6 +47,30 @@ def _repeats(name: str, values: Iterable[Any]) -> list[Problem]:
     return [((name,), f"{_values(twice)} given twice")] if twice else []
 
 
+def _unknown_params(section: str, params: dict[str, dict[str, Any]]) -> list[Problem]:
+    """Merge parameters a method does not have, named per method before any work (the
+    methods' own checks would only run after the suite is trained)."""
+    from mergelab.methods import REGISTRY
+
+    out: list[Problem] = []
+    for method, given in params.items():
+        cls = REGISTRY.get(method)
+        if cls is None or not isinstance(given, dict):
+            continue
+        known = {f.alias or k for k, f in cls.Params.model_fields.items()}
+        known |= set(cls.Params.model_fields) | set(cls.PerModel.model_fields)
+        bad = sorted(k for k in given if k not in known)
+        if bad:
+            out.append(
+                (
+                    ("params", method),
+                    f"{', '.join(bad)}: no such parameter of {method} (allowed: "
+                    f"{', '.join(sorted(known))})",
+                )
+            )
+    return out
+
+
 def _fmt(value: Any) -> str:
     return f"[{', '.join(map(str, value))}]" if isinstance(value, list | tuple) else str(value)
 
@@ -314,6 +338,7 @@ class MultitaskSpec(_Strict):
         stray = [m for m in self.params if m not in MULTITASK_METHODS]
         if stray:
             out.append((("params",), f"{', '.join(stray)}: no such method"))
+        out += _unknown_params("multitask", self.params)
         if self.task_counts is not None:
             n = len(self.tasks) if self.tasks is not None else None
             bad_n = [k for k in self.task_counts if k < 2 or (n is not None and k > n)]
@@ -428,6 +453,7 @@ class MergeabilitySpec(_Strict):
         stray = [m for m in self.params if m not in MULTITASK_METHODS]
         if stray:
             out.append((("params",), f"{', '.join(stray)}: no such method"))
+        out += _unknown_params("mergeability", self.params)
         for name in ("ties_density", "dare_density"):
             out += _fractions(name, [getattr(self, name)])
         if self.features is not None:
