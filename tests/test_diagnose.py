@@ -131,8 +131,22 @@ def test_cli_table_json_and_skipped_note(files, tmp_path, capsys) -> None:
     assert "cosine" in doc["descriptions"] and "activation_l2" not in doc["descriptions"]
     assert len(doc["weight_stats"]["tensors"]) == 4
     first = out.read_bytes()
-    assert main([*args, "--json", str(out)]) == 0
+    assert main([*args, "--json", str(out)]) == 0  # its own result: replaced
     assert out.read_bytes() == first  # deterministic
+    assert doc["written_by"].startswith("mergelab ") and doc["written_by"].endswith(" diagnose")
+
+
+@pytest.mark.parametrize("text", ['{"my": "notes"}', "not json", '["a list"]'])
+def test_cli_json_never_replaces_a_file_it_did_not_write(files, tmp_path, capsys, text) -> None:
+    mine = tmp_path / "notes.json"
+    mine.write_text(text)
+    args = ["diagnose", str(files[0]), str(files[1]), "--base", str(files[2])]
+    assert main([*args, "--json", str(mine)]) == 2
+    assert capsys.readouterr().err == (
+        f"mergelab: error: --json {mine}: exists and mergelab did not write it; remove it or "
+        "give another name\n"
+    )
+    assert mine.read_text() == text
 
 
 def test_cli_mismatched_shape_names_tensor_and_file(write_st, files, capsys) -> None:

@@ -37,7 +37,13 @@ import numpy as np
 import pandas as pd
 
 from mergelab.atomic import atomic_write_text
-from mergelab.checks import claim_output_folder, finite_number, output_file, output_folder
+from mergelab.checks import (
+    claim_output_folder,
+    finite_number,
+    output_file,
+    output_folder,
+    written_by,
+)
 from mergelab.errors import ConfigError
 from mergelab.report.uncertainty import LEVEL, Unit, pooled_interval
 
@@ -83,7 +89,7 @@ class Advice:
     files: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
+        out = {**written_by("advise"), **asdict(self)}
         out["options"] = [asdict(o) for o in self.options]
         return out
 
@@ -195,7 +201,7 @@ def advise(
     inputs = [*models, *([base] if base is not None else [])]
     folder = output_folder(Path(out).expanduser(), writes=(ADVICE_FILE,)) if out else None
     if folder is not None:
-        output_file(folder / ADVICE_FILE, inputs, "--out")
+        output_file(folder / ADVICE_FILE, inputs, "--out", in_checked_folder=True)
     json_file = output_file(json_path, inputs, "--json") if json_path is not None else None
     report = run_compare(list(models), arch=arch, data=data, progress=progress, **compare_options)
     if not (report.frame["metric"] == "accuracy").any():

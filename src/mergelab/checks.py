@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import math
 import os
 import shutil
@@ -83,17 +84,51 @@ def same_or_within(path: Path, others: Iterable[Path]) -> Path | None:
 
 
 def output_file(
-    path: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str]], option: str
+    path: str | os.PathLike[str],
+    inputs: Iterable[str | os.PathLike[str]],
+    option: str,
+    *,
+    in_checked_folder: bool = False,
 ) -> Path:
     """A file a result is written to (atomically), refused (one line naming ``option``)
-    when it is one of the ``inputs`` or lies inside one, or is a folder."""
+    when it is one of the ``inputs`` or lies inside one, is a folder, or exists and is not
+    a JSON result mergelab wrote (:func:`written_by`); ``in_checked_folder``: the file's
+    folder was checked by :func:`output_folder`, which decides about an existing file."""
     out = Path(path).expanduser()
     if out.is_dir():
         raise MergelabError(f"{option} {out}: is a folder; give a file name")
     clash = same_or_within(out, [Path(i).expanduser() for i in inputs])
     if clash is not None:
         raise MergelabError(f"{option} {out}: is the input {clash}; it would be overwritten")
+    if out.exists() and not in_checked_folder and not json_by_mergelab(out):
+        raise MergelabError(
+            f"{option} {out}: exists and mergelab did not write it; remove it or give "
+            "another name"
+        )
     return out
+
+
+WRITTEN_BY = "written_by"
+"""The key a JSON result of mergelab carries (``"mergelab 0.1.0 diagnose"``): a file
+without it is not replaced."""
+
+
+def written_by(command: str) -> dict[str, str]:
+    """The first key of a JSON result that ``command`` writes."""
+    from mergelab import __version__
+
+    return {WRITTEN_BY: f"mergelab {__version__} {command}"}
+
+
+def json_by_mergelab(path: Path, limit: int = 1 << 26) -> bool:
+    """Whether ``path`` is a JSON object (at most ``limit`` bytes) that mergelab wrote."""
+    try:
+        if not path.is_file() or path.stat().st_size > limit:
+            return False
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(data, dict) and str(data.get(WRITTEN_BY, "")).startswith("mergelab ")
 
 
 def output_folder(

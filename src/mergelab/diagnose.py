@@ -38,6 +38,7 @@ from mergelab.analysis.mergeability import (
     pair_metrics,
     stacked_metrics,
 )
+from mergelab.checks import written_by
 from mergelab.engine.plan import CHUNK_ELEMENTS, check_inputs
 from mergelab.errors import ConfigError, MergeError
 from mergelab.io.checkpoint import ArrayCheckpoint, Checkpoint, TensorInfo
@@ -138,6 +139,7 @@ class Diagnosis:
     def to_dict(self) -> dict[str, Any]:
         used = self.metrics()
         return {
+            **written_by("diagnose"),
             "models": self.models,
             "settings": self.settings,
             "weights": self.weights,

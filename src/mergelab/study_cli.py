@@ -1,4 +1,5 @@
-"""``mergelab study [PRESET | CONFIG.yaml] [--out DIR] [--show] [--dry-run] [--workers N]``."""
+"""``mergelab study [PRESET | CONFIG.yaml] [--out DIR] [--show] [--dry-run] [--workers N]
+[--executor local|ray] [--address ADDR] [--units-per-gpu N]``."""
 
 from __future__ import annotations
 
@@ -48,6 +49,11 @@ intervals), claims.md (each claim of the paper with its verdict) and report.html
 self-contained report: tables, figures, claims). Trained models (runs/) and model
 outputs (cache/) are kept there by content, so a rerun into the same folder trains
 and evaluates nothing that is already done, and an interrupted run resumes.
+Every training run and the outputs of every trained model are units of work, run by
+--executor (local: --workers at a time on this machine; ray: on a Ray cluster or a
+local Ray instance); units.csv records each unit's attempts, time, host and errors.
+A unit that raises is tried again (twice); the others go on, and a rerun does only
+what failed.
 
 Exit status: 0 done; 2 a config or usage error; 3 the study finished but a sanity
 check failed (a defect, named on stderr and in the report, which is still written).
@@ -63,6 +69,16 @@ def _workers(text: str) -> int | str:
         n = 0
     if n < 1:
         raise argparse.ArgumentTypeError(f"expected 'auto' or a positive number, got {text!r}")
+    return n
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return n
 
 
@@ -104,19 +120,44 @@ def add_study_parser(subparsers: argparse._SubParsersAction) -> None:
         help="training processes at once (default auto: 1 on a GPU, else up to 4, one per "
         "core). Changes the wall time only: every run is seeded, so results are identical",
     )
+    p.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="where training runs and model outputs run: local (this machine, --workers at a "
+        "time) or ray (a Ray cluster at --address, else a local Ray instance with --workers "
+        "cores; pip install 'mergelab[ray]'). Same results either way",
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        metavar="ADDR",
+        help="with --executor ray: the running cluster (auto, HOST:6379 or "
+        "ray://HOST:10001); OUT must be on storage every node mounts at the same path",
+    )
+    p.add_argument(
+        "--units-per-gpu",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="training runs or evaluations that share one GPU at once (default 1)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     p.set_defaults(run=_run_study)
 
 
-def auto_workers(device: str | None) -> int:
-    """1 when training runs on a GPU (one process keeps it busy), else one per core, at
-    most 4."""
+def auto_workers(device: str | None, units_per_gpu: int = 1) -> int:
+    """On GPUs, ``units_per_gpu`` per GPU (1: one process keeps a GPU busy); else one per
+    core, at most 4."""
     if device is None:
         from mergelab.device import choose_device
 
         device = choose_device(None).type
     if device.startswith("cuda"):  # also when planning on a machine without one
-        return 1
+        import torch
+
+        gpus = torch.cuda.device_count() if device == "cuda" else 1
+        return max(1, gpus) * units_per_gpu
     return max(1, min(os.cpu_count() or 1, 4))
 
 
@@ -136,9 +177,23 @@ def _run_study(args: argparse.Namespace) -> int:
         if missing:
             print(f"\n{missing_warning(missing)}")
         return 0
-    workers = auto_workers(config.device) if args.workers == "auto" else args.workers
+    if args.address is not None and args.executor != "ray":
+        from mergelab.errors import MergelabError
+
+        raise MergelabError("--address is for --executor ray")
+    workers = (
+        auto_workers(config.device, args.units_per_gpu) if args.workers == "auto" else args.workers
+    )
     out = args.out or f"mergelab-study-{config.name}"
-    paths = run_study(config, out, progress=not args.no_progress, workers=workers)
+    paths = run_study(
+        config,
+        out,
+        progress=not args.no_progress,
+        workers=workers,
+        executor=args.executor,
+        address=args.address,
+        units_per_gpu=args.units_per_gpu,
+    )
     failed = list(paths.get("sanity_failures") or [])
     for label, path in paths.items():
         if label != "sanity_failures" and isinstance(path, str | Path):

@@ -191,3 +191,51 @@ def test_default_cache_dir_follows_the_environment(
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert default_cache_dir() == tmp_path / "xdg" / "mergelab" / "outputs"
     assert default_train_cache() == tmp_path / "xdg" / "mergelab" / "ingredients"
+
+
+def test_a_batch_the_device_has_no_memory_for_runs_in_halves(
+    digits: DatasetSplits, mlps, monkeypatch
+) -> None:
+    want = _evaluator(digits, None, batch_size=100).outputs(mlps[0], "val")
+    ev = _evaluator(digits, None, batch_size=100)
+    split = ev.feature_head
+
+    def small_memory(model=None):
+        fh = split(model)
+        features = fh.features
+
+        def at_most_30(x):
+            if len(x) > 30:
+                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            return features(x)
+
+        fh.features = at_most_30
+        return fh
+
+    monkeypatch.setattr(ev, "feature_head", small_memory)
+    got = ev.outputs(mlps[0], "val")
+    np.testing.assert_allclose(got.logits, want.logits, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(got.features, want.features, rtol=1e-6, atol=1e-6)
+    assert ev.halved == 3 + 3 + 3  # each batch (100, 100, 70) in halves, then quarters
+    assert ev.counter.batches() == 3  # still one pass of three batches
+
+
+def test_no_memory_for_one_image_is_one_error_line(digits: DatasetSplits, mlps, monkeypatch):
+    ev = _evaluator(digits, None, batch_size=4)
+    split = ev.feature_head
+
+    def no_memory(model=None):
+        fh = split(model)
+
+        def never(x):
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+        fh.features = never
+        return fh
+
+    monkeypatch.setattr(ev, "feature_head", no_memory)
+    with pytest.raises(
+        MergeError,
+        match=r"^mlp: out of cpu memory for a single image of shape \(1, 8, 8\); run fewer",
+    ):
+        ev.outputs(mlps[0], "val")

@@ -178,3 +178,22 @@ def test_claims_read_the_same_from_saved_files(
     before = [(c.key, c.measured, c.verdict) for c in evaluate_claims(full_report.results)]
     after = [(c.key, c.measured, c.verdict) for c in evaluate_claims(back)]
     assert after == before
+
+
+def test_what_was_run_lists_the_second_task_of_pairs_as_a_dataset():
+    from mergelab.report.html import _run_summary
+
+    rows = pd.DataFrame(
+        {
+            "study": ["mergeability"] * 2 + ["ingredients"],
+            "dataset": ["mt-a", "mt-a", "digits"],
+            "other_dataset": ["mt-b", "mt-c", ""],
+            "arch": ["cnn"] * 3,
+            "init": [""] * 3,
+            "seed": [0, 0, 0],
+            "n_models": [2, 2, 3],
+            "value": [0.1, 0.2, 0.3],
+        }
+    )
+    summary = _run_summary(rows).set_index("study")["datasets"].to_dict()
+    assert summary == {"ingredients": "digits", "mergeability": "mt-a, mt-b, mt-c"}

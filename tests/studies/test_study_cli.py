@@ -52,8 +52,8 @@ def test_bad_workers_is_a_usage_error(capsys):
 
 
 def _fake_run(calls: list, failures: list[str]):
-    def run(config, out, *, progress=True, workers=1):
-        calls.append({"config": config, "out": Path(out), "workers": workers})
+    def run(config, out, *, progress=True, workers=1, **executor):
+        calls.append({"config": config, "out": Path(out), "workers": workers, **executor})
         base = Path(out)
         return {
             "results": base / "results.csv",
@@ -122,3 +122,24 @@ def test_dry_run_checks_the_config_first(tmp_path, monkeypatch, capsys):
     assert main(["study", str(config), "--dry-run"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "archs[2]" in err[0] and "resnet9" in err[0]
+
+
+def test_executor_options_reach_the_study_and_address_needs_ray(tmp_path, monkeypatch, capsys):
+    calls: list = []
+    monkeypatch.setattr(studies, "run_study", _fake_run(calls, []))
+    out = str(tmp_path / "o")
+    args = ["study", "tiny", "--out", out, "--executor", "ray", "--address", "auto"]
+    assert main([*args, "--units-per-gpu", "4", "--workers", "3"]) == 0
+    assert {k: calls[0][k] for k in ("executor", "address", "units_per_gpu", "workers")} == {
+        "executor": "ray",
+        "address": "auto",
+        "units_per_gpu": 4,
+        "workers": 3,
+    }
+    capsys.readouterr()
+    assert main(["study", "tiny", "--out", out, "--address", "auto"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["mergelab: error: --address is for --executor ray"]
+    with pytest.raises(SystemExit):
+        main(["study", "tiny", "--units-per-gpu", "0"])
+    assert "--units-per-gpu: expected a positive number, got '0'" in capsys.readouterr().err

@@ -210,6 +210,20 @@ def test_ties_differs_follows_the_coefficients():
     assert _verdicts(pair_rows(alike))["mergeability_ties_differs"] != "reproduced"
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_ties_differs_contradicted_when_ties_shares_every_methods_top_metric(seed):
+    # each other method follows two metrics of its own; TIES follows one of each of theirs,
+    # so its top metrics overlap with every method's while theirs do not overlap at all
+    m = list(PAPER_METRICS)
+    own = {"Weight Averaging": m[0:2], "Task Arithmetic": m[2:4], "TSV-M": m[4:6], "DARE": m[6:8]}
+
+    def target(metrics, method, rng):
+        drivers = m[0:8:2] if method == "TIES" else own[method]
+        return sum(metrics[k] for k in drivers) + 0.05 * rng.normal()
+
+    assert _verdicts(pair_rows(target, seed=seed))["mergeability_ties_differs"] == "contradicted"
+
+
 def test_tables_hold_the_rows_and_the_papers_figures():
     frame = with_fits(pair_rows(lambda m, method, rng: -m[GRADIENT_L2] + rng.normal()))
     tables = study_tables(Results(frame))

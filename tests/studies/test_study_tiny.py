@@ -1,20 +1,25 @@
 """The study end to end on the tiny preset: files, rows keyed by experiment, outcomes that
 match their numbers, ingredients that differ, sanity checks that hold, a rerun that trains
-nothing and gives the same numbers."""
+nothing and gives the same numbers; on Ray, the same rows; a run that fails is retried,
+named, and a rerun trains only it."""
 
 from __future__ import annotations
 
 import base64
 import re
 
+import executor_fakes
 import pandas as pd
 import pytest
+from executor_fakes import FlakyTraining
 
+import mergelab.train.pool as pool
 import mergelab.train.trainer as trainer
 from mergelab.cli import main
 from mergelab.report import Results
 from mergelab.results import RESULT_COLUMNS
 from mergelab.studies import STUDIES, load_config, run_study
+from mergelab.train import TrainingError
 
 pytestmark = pytest.mark.slow
 
@@ -124,3 +129,55 @@ def test_cli_shows_presets(capsys):
     assert "name: tiny" in capsys.readouterr().out
     config, _ = load_config("quick")
     assert config.name == "quick" and "resnet14" in config.archs
+
+
+FLAKY = "resnet8 on digits, run 2"  # one label, in both seeds
+
+
+def _checkpoints(out) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((out / "runs").glob("*.safetensors"))}
+
+
+def _untimed(path) -> pd.DataFrame:
+    rows = pd.read_csv(path, low_memory=False)
+    return rows[rows.metric != "train_seconds"].reset_index(drop=True)
+
+
+def test_ray_gives_the_rows_of_in_process_and_retries_a_failed_run(study, tmp_path, monkeypatch):
+    ray = pytest.importorskip("ray")
+    ray.cloudpickle.register_pickle_by_value(executor_fakes)  # Ray workers do not see tests/
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    monkeypatch.setattr(pool, "_train_one", FlakyTraining(FLAKY, str(marks), 1))
+    out = tmp_path / "ray"
+    paths = run_study("tiny", out, progress=False, workers=2, executor="ray")
+    ray.cloudpickle.unregister_pickle_by_value(executor_fakes)
+    local_out, local = study
+    pd.testing.assert_frame_equal(_untimed(paths["results"]), _untimed(local["results"]))
+    assert _checkpoints(out) == _checkpoints(local_out)
+    units = pd.read_csv(out / "units.csv")
+    assert (units.status == "done").all() and set(units.kind) == {"train", "evaluate"}
+    retried = units[units.attempts > 1]
+    assert list(retried.label) == [FLAKY] and list(retried.attempts) == [2]
+    assert retried.errors.iloc[0] == f"RuntimeError: {FLAKY}: the node went away"
+
+
+def test_a_run_that_keeps_failing_is_named_and_a_rerun_trains_only_it(study, tmp_path, monkeypatch):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    monkeypatch.setattr(pool, "_train_one", FlakyTraining(FLAKY, str(marks), fails=99))
+    out = tmp_path / "resume"
+    with pytest.raises(TrainingError, match=rf"^training failed for {FLAKY} .*the node went away"):
+        run_study("tiny", out, progress=False, workers=1)
+    units = pd.read_csv(out / "units.csv")
+    failed = units[units.status == "failed"]
+    assert list(failed.label) == [FLAKY, FLAKY] and set(failed.attempts) == {3}
+    assert (units[units.label != FLAKY].status == "done").all()  # the others went on
+    assert len(units) == 28  # the 26 other training runs finished, and are cached
+    monkeypatch.undo()
+    paths = run_study("tiny", out, progress=False, workers=1)
+    units = pd.read_csv(out / "units.csv")
+    assert list(units[units.kind == "train"].label) == [FLAKY, FLAKY]  # only what failed
+    local_out, local = study
+    pd.testing.assert_frame_equal(_untimed(paths["results"]), _untimed(local["results"]))
+    assert _checkpoints(out) == _checkpoints(local_out)

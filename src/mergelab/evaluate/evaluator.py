@@ -153,6 +153,8 @@ class Evaluator:
         self.progress = progress
         self.bn_batches = bn_batches
         self.counter = PassCounter()
+        self.halved = 0
+        """Batches run in halves because the device ran out of memory."""
         self._model: nn.Module | None = None
         self._feature_head: Any = None
         self._split_batches: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
@@ -354,8 +356,7 @@ class Evaluator:
         ):
             for x, _ in self.batches(split):
                 x = x.to(self.device, non_blocking=True)
-                f = fh.features(x)
-                z = fh.head(f)
+                f, z = self._run_batch(fh, x)
                 feats.append(f.float().cpu())
                 logits.append(z.float().cpu())
                 n_batches += 1
@@ -371,6 +372,27 @@ class Evaluator:
             split=split,
             key=key or f"{self.split_key(split)}--uncached",
         )
+
+    def _run_batch(self, fh: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features and logits of one batch; a batch the GPU has no memory for is run in
+        halves (eval mode: each image's outputs do not depend on the others), so a batch
+        size chosen for a large GPU still runs on a small one or beside other units."""
+        try:
+            f = fh.features(x)
+            return f, fh.head(f)
+        except torch.OutOfMemoryError:
+            if len(x) == 1:
+                raise MergeError(
+                    f"{self.arch}: out of {self.device} memory for a single image of shape "
+                    f"{tuple(x.shape[1:])}; run fewer units per GPU or use a larger one"
+                ) from None
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            self.halved += 1
+            half = len(x) // 2
+            fa, za = self._run_batch(fh, x[:half])
+            fb, zb = self._run_batch(fh, x[half:])
+            return torch.cat([fa, fb]), torch.cat([za, zb])
 
     def recalibrate_bn(self, model: nn.Module, *, label: str = "model") -> nn.Module:
         """Replace BatchNorm running statistics by those of ``model`` itself on train data.

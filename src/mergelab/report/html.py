@@ -114,7 +114,7 @@ def _run_summary(rows: pd.DataFrame) -> pd.DataFrame:
 
     if rows.empty:
         return pd.DataFrame(columns=["study", "rows", "datasets", "architectures", "N"])
-    return (
+    summary = (
         rows.groupby("study", sort=True)
         .agg(
             rows=("value", "size"),
@@ -126,6 +126,16 @@ def _run_summary(rows: pd.DataFrame) -> pd.DataFrame:
         )
         .reset_index()
     )
+    if "other_dataset" in rows:  # a pair's second task counts as a dataset the study used
+        both = pd.concat(
+            [
+                rows[["study", "dataset"]],
+                rows[["study", "other_dataset"]].set_axis(["study", "dataset"], axis=1),
+            ]
+        )
+        used = both.groupby("study", sort=True)["dataset"].agg(join)
+        summary["datasets"] = summary["study"].map(used)
+    return summary
 
 
 def _frame_html(table: Table) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -47,9 +47,30 @@ def _repeats(name: str, values: Iterable[Any]) -> list[Problem]:
     return [((name,), f"{_values(twice)} given twice")] if twice else []
 
 
-def _unknown_params(section: str, params: dict[str, dict[str, Any]]) -> list[Problem]:
-    """Merge parameters a method does not have, named per method before any work (the
-    methods' own checks would only run after the suite is trained)."""
+def _method_problems(
+    name: str, methods: Sequence[str], params: dict[str, dict[str, Any]] | None = None
+) -> list[Problem]:
+    """A multi-task section's method list (known, not repeated; ``methods`` not empty) and
+    its ``params`` (known methods, and parameters each method has), named before any work:
+    the methods' own checks would only run after the suite is trained."""
+    out: list[Problem] = []
+    unknown = [m for m in methods if m not in MULTITASK_METHODS]
+    if unknown:
+        allowed = ", ".join(MULTITASK_METHODS)
+        out.append(((name,), f"{', '.join(unknown)} unknown (allowed: {allowed})"))
+    if name == "methods" and not methods:
+        out.append(((name,), "empty; give at least one method"))
+    out += _repeats(name, methods)
+    if params is None:
+        return out
+    stray = [m for m in params if m not in MULTITASK_METHODS]
+    if stray:
+        out.append((("params",), f"{', '.join(stray)}: no such method"))
+    return out + _unknown_params(params)
+
+
+def _unknown_params(params: dict[str, dict[str, Any]]) -> list[Problem]:
+    """Merge parameters a method does not have, named per method."""
     from mergelab.methods import REGISTRY
 
     out: list[Problem] = []
@@ -313,19 +334,8 @@ class MultitaskSpec(_Strict):
                         "trained once (allowed: one seed, or drop checkpoints)",
                     )
                 )
-        for name in ("methods", "count_methods"):
-            values = getattr(self, name)
-            unknown = [m for m in values if m not in MULTITASK_METHODS]
-            if unknown:
-                out.append(
-                    (
-                        (name,),
-                        f"{', '.join(unknown)} unknown (allowed: {', '.join(MULTITASK_METHODS)})",
-                    )
-                )
-            out += _repeats(name, values)
-        if not self.methods:
-            out.append((("methods",), "empty; give at least one method"))
+        out += _method_problems("methods", self.methods, self.params)
+        out += _method_problems("count_methods", self.count_methods)
         if not self.coefficients:
             out.append((("coefficients",), "empty; give at least one coefficient"))
         bad = [c for c in self.coefficients if not (math.isfinite(c) and c > 0)]
@@ -335,10 +345,6 @@ class MultitaskSpec(_Strict):
         for name in ("ties_density", "dare_density", "cart_rank"):
             out += _fractions(name, [getattr(self, name)])
         out += _fractions("ranks", self.ranks) + _repeats("ranks", self.ranks)
-        stray = [m for m in self.params if m not in MULTITASK_METHODS]
-        if stray:
-            out.append((("params",), f"{', '.join(stray)}: no such method"))
-        out += _unknown_params("multitask", self.params)
         if self.task_counts is not None:
             n = len(self.tasks) if self.tasks is not None else None
             bad_n = [k for k in self.task_counts if k < 2 or (n is not None and k > n)]
@@ -439,21 +445,7 @@ class MergeabilitySpec(_Strict):
 
     def _problems(self) -> list[Problem]:
         out: list[Problem] = []
-        unknown = [m for m in self.methods if m not in MULTITASK_METHODS]
-        if unknown:
-            out.append(
-                (
-                    ("methods",),
-                    f"{', '.join(unknown)} unknown (allowed: {', '.join(MULTITASK_METHODS)})",
-                )
-            )
-        if len(self.methods) < 1:
-            out.append((("methods",), "empty; give at least one method"))
-        out += _repeats("methods", self.methods)
-        stray = [m for m in self.params if m not in MULTITASK_METHODS]
-        if stray:
-            out.append((("params",), f"{', '.join(stray)}: no such method"))
-        out += _unknown_params("mergeability", self.params)
+        out += _method_problems("methods", self.methods, self.params)
         for name in ("ties_density", "dare_density"):
             out += _fractions(name, [getattr(self, name)])
         if self.features is not None:

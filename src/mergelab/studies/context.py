@@ -15,6 +15,9 @@ import torch
 
 from mergelab.data import DatasetSplits, ImageSpec, load_dataset
 from mergelab.evaluate import Evaluator
+from mergelab.evaluate.source import ModelSource
+from mergelab.evaluate.units import OutputsWanted, output_units
+from mergelab.executor import Executor, local_executor
 from mergelab.io import load_state_dict
 from mergelab.results import outcome_key
 from mergelab.studies.config import StudyConfig
@@ -33,6 +36,9 @@ class StudyContext:
     out: Path
     progress: bool = True
     workers: int = 1
+    executor: Executor | None = None
+    """Runs the training runs and ingredient outputs (None: in-process, or ``workers``
+    processes)."""
     started: float = field(default_factory=time.perf_counter)
     outcomes: dict[str, np.ndarray] = field(default_factory=dict)
     _datasets: dict[str, DatasetSplits] = field(default_factory=dict)
@@ -136,11 +142,53 @@ class StudyContext:
             cache_dir=self.runs_dir,
             device=self.config.device,
             workers=self.workers,
-            progress=self.progress and self.workers == 1,
+            progress=self.progress and self.workers == 1 and self.executor is None,
             log=self.log,
+            executor=self.executor,
         )
         for recipe, p in zip(todo, paths, strict=True):
             self._ingredients[recipe.model_dump_json()] = p
+
+    def evaluate_ahead(self, wanted: Sequence[OutputsWanted]) -> None:
+        """Compute the outputs the studies will read (each checkpoint on its splits) as
+        units of the executor, so they run where the training ran; outputs already cached
+        cost nothing. Merged and scaled models, made by the studies as they go, are
+        evaluated by the studies themselves."""
+        from mergelab.train.pool import wants_gpu
+
+        def cached(want: OutputsWanted, path: Path) -> bool:
+            ev = self.evaluator(want.dataset, want.arch, want.image)
+            src = ModelSource.of(path)
+            files = [ev.cache.path(ev.cache_key(src, s)) for s in want.splits]
+            return all(f is not None and f.is_file() for f in files)
+
+        units = output_units(
+            wanted,
+            split_seed=self.config.split_seed,
+            batch_size=self.config.batch_size,
+            cache_dir=self.cache_dir,
+            device=self.config.device,
+            gpus=float(wants_gpu(self.config.device)),
+            cached=cached,
+        )
+        if not units:
+            return
+        where = self.executor.name if self.executor is not None else "in-process"
+        self.log(f"outputs: {len(units)} checkpoint(s) to evaluate ({where})")
+        count = 0
+
+        def done(unit: Any, value: Any, seconds: float) -> None:
+            nonlocal count
+            count += 1
+            if count == len(units) or count % 20 == 0:
+                self.log(f"evaluated {count}/{len(units)}: {unit.label} ({seconds:.1f} s)")
+
+        executor = self.executor or local_executor(1)
+        try:
+            executor.run(units, log=self.log, on_done=done)
+        finally:
+            if self.executor is None:
+                executor.close()
 
     def ingredients(self, recipe: IngredientRecipe) -> list[Path]:
         """Checkpoints of ``recipe``'s ingredients (trained now if :meth:`prepare` did not)."""

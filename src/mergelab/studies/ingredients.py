@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 
 from mergelab.evaluate import ModelSource
+from mergelab.evaluate.units import OutputsWanted
 from mergelab.results import correct_examples
 from mergelab.studies.context import StudyContext
 from mergelab.studies.registry import INGREDIENTS
@@ -67,6 +68,19 @@ def _flat(sd: dict[str, torch.Tensor]) -> np.ndarray:
     return np.concatenate(
         [v.detach().double().reshape(-1).numpy() for v in sd.values() if v.is_floating_point()]
     )
+
+
+def outputs(ctx: StudyContext) -> list[OutputsWanted]:
+    """Every ingredient on val and test, as this study and the combinations read them."""
+    return [
+        OutputsWanted(
+            dataset,
+            arch,
+            ctx.image(dataset, arch),
+            tuple(ctx.ingredients(recipe_of(ctx, dataset, arch, init, seed))),
+        )
+        for dataset, arch, init, seed in settings(ctx)
+    ]
 
 
 def run(ctx: StudyContext) -> pd.DataFrame:

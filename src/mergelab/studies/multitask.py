@@ -262,6 +262,7 @@ def suite_of(ctx: StudyContext, seed: int) -> mt.MultitaskSuite:
         log=ctx.log,
         split_seed=ctx.config.split_seed,
         seed=seed,
+        executor=ctx.executor,
     )
 
 

@@ -69,7 +69,9 @@ class Study:
     taking the study context and returning rows, imported only when the study runs (None:
     another study's runner writes these rows). ``recipes``: the same for the function
     listing the ingredient recipes the study needs (trained up front, in parallel; also
-    what ``--dry-run`` counts).
+    what ``--dry-run`` counts). ``outputs``: the same for the function listing the
+    :class:`~mergelab.evaluate.units.OutputsWanted` the study will read, computed as
+    units after training.
     """
 
     name: str
@@ -78,6 +80,7 @@ class Study:
     keys: tuple[str, ...]
     runner: str | None = None
     recipes: str | None = None
+    outputs: str | None = None
     items: tuple[str, ...] = ()
     item_methods: tuple[str, ...] = ()
     paper: str = RETHINKING
@@ -108,6 +111,10 @@ class Study:
         """The ingredient recipes this study will ask the context for."""
         return [] if self.recipes is None else list(self._resolve(self.recipes)(ctx))
 
+    def needed_outputs(self, ctx: Any) -> list[Any]:
+        """The checkpoint outputs this study will read (after training)."""
+        return [] if self.outputs is None else list(self._resolve(self.outputs)(ctx))
+
 
 STUDIES: dict[str, Study] = {}
 
@@ -134,6 +141,7 @@ INGREDIENTS = register(
         item_methods=("Individual",),
         runner=f"{_S}.ingredients:run",
         recipes=f"{_S}.weights_vs_features:recipes",
+        outputs=f"{_S}.ingredients:outputs",
     )
 )
 WVF = register(

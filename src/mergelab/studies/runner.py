@@ -14,7 +14,9 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from mergelab.atomic import atomic_write_text
 from mergelab.checks import claim_output_folder, output_folder, removed_if_left_empty
+from mergelab.executor import Executor, UnitRecord, make_executor
 from mergelab.report import Results, write_all
 from mergelab.studies.config import StudyConfig, load_config
 from mergelab.studies.context import StudyContext
@@ -24,6 +26,7 @@ from mergelab.studies.validate import check_study
 # What a study writes into OUT besides runs/ and cache/ (named by content hashes).
 WRITES = (
     "results.csv",
+    "units.csv",
     "outcomes.npz",
     "claims.md",
     "report.html",
@@ -38,8 +41,18 @@ def run_study(
     *,
     progress: bool = True,
     workers: int = 1,
+    executor: str | Executor = "local",
+    address: str | None = None,
+    units_per_gpu: int = 1,
 ) -> dict[str, object]:
     """Run the study of ``config`` (a preset name, a YAML path or a config) into ``out``.
+
+    Training runs and ingredient outputs are units of ``executor``
+    (:mod:`mergelab.executor`): ``"local"`` runs ``workers`` at a time in worker processes
+    (one: in this process), ``"ray"`` on Ray (``address``: an existing cluster; None: a
+    local instance with ``workers`` cores), or an :class:`Executor` you made. With GPUs,
+    ``units_per_gpu`` units share each. Results are the same whichever runs them; what ran
+    where, with its attempts, is written to ``units.csv``.
 
     Returns the paths of ``results``, ``outcomes``, ``claims`` and ``report``, and under
     ``sanity_failures`` the keys of the sanity checks that failed (empty when all held).
@@ -57,18 +70,49 @@ def run_study(
         config, text = load_config(config)
     out = Path(out)
     check_study(config)
+    if not isinstance(executor, Executor):
+        executor = make_executor(
+            executor,
+            workers=max(1, workers),
+            address=address,
+            gpus=local_gpus(config.device) if executor == "local" else 0,
+            units_per_gpu=units_per_gpu,
+        )
     output_folder(out, writes=WRITES)
     with removed_if_left_empty(out):
         claim_output_folder(out, "study")
-        return _run(config, text, out, progress=progress, workers=workers)
+        with executor:
+            ctx = StudyContext(config, out, progress=progress, workers=max(1, workers))
+            ctx.executor = executor
+            try:
+                ctx.log(f"study {config.name!r} into {out}/ ({executor.name} executor)")
+                ctx.prepare([r for study in STUDIES.values() for r in study.needed_recipes(ctx)])
+                ctx.evaluate_ahead([w for s in STUDIES.values() for w in s.needed_outputs(ctx)])
+                return _run(ctx, text)
+            finally:
+                _write_units(out, executor)
 
 
-def _run(
-    config: StudyConfig, text: str, out: Path, *, progress: bool, workers: int
-) -> dict[str, object]:
-    ctx = StudyContext(config, out, progress=progress, workers=max(1, workers))
-    ctx.log(f"study {config.name!r} into {out}/")
-    ctx.prepare([r for study in STUDIES.values() for r in study.needed_recipes(ctx)])
+def local_gpus(device: str | None) -> int:
+    """GPUs a local executor spreads units over: all CUDA devices torch sees when the
+    config leaves the device unset or names CUDA without an index, else none (one named
+    GPU, ``cuda:1``, is the device of every unit already)."""
+    import torch
+
+    if device not in (None, "cuda") or not torch.cuda.is_available():
+        return 0
+    return torch.cuda.device_count()
+
+
+def _write_units(out: Path, executor: Executor) -> None:
+    """``units.csv``: every unit this run started (cached ones never start), its attempts,
+    seconds, host:pid:device and errors."""
+    frame = pd.DataFrame([r.row() for r in executor.records], columns=list(UnitRecord.COLUMNS))
+    atomic_write_text(out / "units.csv", frame.to_csv(index=False))
+
+
+def _run(ctx: StudyContext, text: str) -> dict[str, object]:
+    config, out = ctx.config, ctx.out
     frames = []
     for study in STUDIES.values():
         rows = study.run(ctx)

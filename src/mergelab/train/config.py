@@ -90,6 +90,10 @@ class TrainSettings(BaseModel):
     """Measure the primary metric on ``val`` after every epoch and keep the curve (in the
     run's sidecar JSON), without stopping early or changing the weights: the evidence that
     a run's validation accuracy had plateaued."""
+    amp: bool = False
+    """Mixed precision on CUDA: forward pass and loss under bfloat16 autocast (weights,
+    gradients and optimizer state stay float32; no loss scaling is needed). About twice the
+    throughput of float32 on recent GPUs. No effect on the CPU, where the run is float32."""
 
     @model_validator(mode="before")
     @classmethod
@@ -163,8 +167,12 @@ class TrainConfig(TrainSettings):
     reset_head: bool = False
 
     def canonical_json(self) -> str:
-        """Sorted, compact JSON of every field: the text that is hashed and stored."""
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """Sorted, compact JSON of every field (``amp`` only when on): the text that is
+        hashed and stored."""
+        body = self.model_dump(mode="json")
+        if not body.get("amp"):
+            body.pop("amp", None)
+        return json.dumps(body, sort_keys=True, separators=(",", ":"))
 
     def init_identity(self) -> str:
         """What the starting point *is*: none, another run's hash, or a file's content hash."""
@@ -179,7 +187,8 @@ class TrainConfig(TrainSettings):
 
     def config_hash(self) -> str:
         """sha256 of (trainer version, canonical JSON without the init path, init identity)."""
-        body = self.model_dump(mode="json", exclude={"init"})
+        body = json.loads(self.canonical_json())  # without amp when off: runs cached
+        body.pop("init", None)  # before amp existed keep their hash
         text = json.dumps(
             {"trainer": TRAINER_VERSION, "config": body, "init": self.init_identity()},
             sort_keys=True,

@@ -440,6 +440,7 @@ def train_multitask(
     device: str | None = "cpu",
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    executor: Any = None,
 ) -> MultitaskSuite:
     """Pre-train ``arch`` once on ``source``, fine-tune it on every task, export the suite.
 
@@ -451,7 +452,8 @@ def train_multitask(
     ``img_size`` inputs (other datasets are adapted to it). ``seed`` fixes the inits, the
     fresh heads and the data order. Runs are cached in ``cache_dir`` (default
     ``out_dir/runs``), so a rerun trains nothing; ``workers`` > 1 fine-tunes in that many
-    processes (the bytes do not change); ``device``: "cpu" by default, where the same
+    processes (the bytes do not change), or the runs are units of ``executor``
+    (:mod:`mergelab.executor`); ``device``: "cpu" by default, where the same
     arguments give the same bytes (None: CUDA when present). Returns the suite;
     ``out_dir/manifest.json`` records it (:func:`load_multitask_suite` reads it back).
     """
@@ -508,6 +510,7 @@ def train_multitask(
         progress=progress,
         log=log,
         labels=labels,
+        executor=executor,
     )
 
     probe = build_model(
@@ -623,6 +626,7 @@ def study_suite(
     log: Callable[[str], None] | None = None,
     split_seed: int = 0,
     seed: int | None = None,
+    executor: Any = None,
 ) -> MultitaskSuite:
     """The suite a multi-task study merges, from its ``multitask:`` section ``spec``
     (:class:`mergelab.studies.config.MultitaskSpec`), in ``out_dir``: the user's

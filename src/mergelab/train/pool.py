@@ -7,22 +7,22 @@ or in which process: ``workers=4`` gives exactly the files ``workers=1`` gives.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-import multiprocessing
 import os
-import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mergelab.device import choose_device
+from mergelab.executor import Executor, InProcess, Resources, Unit, UnitsFailed, local_executor
+from mergelab.executor.units import cause
 from mergelab.train.config import TrainConfig, is_config_hash
 from mergelab.train.trainer import TrainingError, default_train_cache, train_model, verified_run
 
 if TYPE_CHECKING:
     from mergelab.train.recipe import IngredientRecipe
 
-__all__ = ["run_label", "train_recipes", "train_runs"]
+__all__ = ["run_label", "train_recipes", "train_runs", "train_unit"]
 
 
 def run_label(config: TrainConfig) -> str:
@@ -34,27 +34,23 @@ def _train_one(
     config: TrainConfig,
     cache_dir: str,
     device: str | None,
-    progress: bool,
-    threads: int | None,
     desc: str,
-) -> tuple[str, float]:
-    """One run (in a worker process or in this one): (checkpoint path, seconds)."""
-    started = time.perf_counter()
+    progress: bool = False,
+) -> str:
+    """One run, in whichever process its executor chose (with the executor's torch
+    threads): the checkpoint's path."""
     path = train_model(
-        config,
-        cache_dir=cache_dir,
-        device=device,
-        progress=progress,
-        threads=threads,
-        desc=desc,
+        config, cache_dir=cache_dir, device=device, progress=progress, threads=None, desc=desc
     )
-    return str(path), time.perf_counter() - started
+    return str(path)
 
 
-def _failure(config: TrainConfig, label: str, exc: BaseException) -> TrainingError:
+def _failure(config: TrainConfig, label: str, exc: BaseException, failed: int) -> TrainingError:
+    more = f" ({failed - 1} more run(s) failed; the others are cached)" if failed > 1 else ""
     return TrainingError(
         f"training failed for {label} (arch {config.arch}, dataset {config.dataset}, "
-        f"seed {config.seed}, config {config.config_hash()[:12]}): {type(exc).__name__}: {exc}"
+        f"seed {config.seed}, config {config.config_hash()[:12]}): {type(exc).__name__}: "
+        f"{exc}{more}"
     )
 
 
@@ -68,19 +64,23 @@ def train_runs(
     log: Callable[[str], None] | None = None,
     labels: Sequence[str] | None = None,
     threads: int | None = 1,
+    executor: Executor | None = None,
 ) -> list[Path]:
     """Train (or reuse) every config; returns their checkpoints in input order.
 
     A config whose ``init`` is the hash of another listed config starts once that run is
     done; a config listed twice is trained once; a run already in ``cache_dir`` costs
     nothing (after its content hash is checked: a run that fails is reported and trained
-    again). ``workers`` > 1 trains up to that many runs at once in processes of a "spawn"
-    context (each with ``threads`` torch threads, 1 by default, so the bytes equal serial
-    training); ``workers=1`` trains in this process. ``progress``: tqdm bars, only for
+    again). Each run is one unit of ``executor`` (:mod:`mergelab.executor`); without one,
+    ``workers`` > 1 trains up to that many runs at once in processes of a "spawn" context
+    and ``workers=1`` trains in this process, each run with ``threads`` torch threads (1
+    by default, so the bytes equal serial training). ``progress``: tqdm bars, only for
     in-process runs. ``log(message)`` gets one line per trained run, e.g. ``"trained 7/23:
-    cnn on mnist5k, run 3 (12.1 s)"``; ``labels`` name the runs (default: arch, dataset,
-    seed). A failing run raises ``TrainingError`` naming it, after cancelling the runs not
-    yet started (runs in flight finish and stay cached).
+    cnn on mnist5k, run 3 (12.1 s)"``, and one per retried attempt; ``labels`` name the
+    runs (default: arch, dataset, seed). A run that raises is tried again (not a
+    ``TrainingError``: a diverged run diverges again); runs that do not start from a failed
+    one still train, then ``TrainingError`` names the failure (the finished runs stay
+    cached).
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
@@ -113,9 +113,63 @@ def train_runs(
     if todo:
         choose_device(device)  # an absent device: one error now, not one per worker
         cache.mkdir(parents=True, exist_ok=True)
-        run = _serial if workers == 1 or len(todo) == 1 else _parallel
-        run(todo, needs, result, cache, device, min(workers, len(todo)), progress, log, threads)
+        units = [
+            train_unit(config, cache, device, name, needs=needs[key], gpus=float(wants_gpu(device)))
+            for key, (config, name) in todo.items()
+        ]
+        own = executor is None
+        if executor is None:
+            n = 1 if len(todo) == 1 else min(workers, len(todo))
+            executor = local_executor(n, threads=threads)
+        in_process = isinstance(executor, InProcess)
+        if in_process and progress:
+            units = [replace(u, kwargs={**u.kwargs, "progress": True}) for u in units]
+        count = 0
+
+        def done(unit: Unit, value: str, seconds: float) -> None:
+            nonlocal count
+            count += 1
+            result[unit.key] = Path(value)
+            if log is not None:
+                log(f"trained {count}/{len(todo)}: {unit.label} ({seconds:.1f} s)")
+
+        try:
+            executor.run(units, log=log, on_done=done)
+        except UnitsFailed as exc:
+            unit, error = exc.failures[0]
+            config = todo[unit.key][0]
+            raise _failure(config, unit.label, cause(error), len(exc.failures)) from error
+        finally:
+            if own:
+                executor.close()
     return [result[key] for key in hashes]
+
+
+def wants_gpu(device: str | None) -> bool:
+    """Whether a unit for ``device`` asks its executor for a GPU: unset (a GPU where the
+    unit lands has one) or CUDA."""
+    return device is None or str(device).startswith("cuda")
+
+
+def train_unit(
+    config: TrainConfig,
+    cache: Path,
+    device: str | None,
+    label: str,
+    *,
+    needs: str | None = None,
+    gpus: float = 0.0,
+) -> Unit:
+    """One training run as a unit of work (its start, if listed, as the unit it needs)."""
+    return Unit(
+        key=config.config_hash(),
+        label=label,
+        fn=_train_one,
+        kwargs={"config": config, "cache_dir": str(cache), "device": device, "desc": label},
+        needs=(needs,) if needs else (),
+        resources=Resources(cpus=1, gpus=gpus),
+        kind="train",
+    )
 
 
 def train_recipes(
@@ -127,6 +181,7 @@ def train_recipes(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     threads: int | None = 1,
+    executor: Executor | None = None,
 ) -> list[list[Path]]:
     """Train every run of several recipes in one pool (each start before its fine-tunes;
     runs shared between recipes once); returns each recipe's ingredient checkpoints."""
@@ -148,100 +203,6 @@ def train_recipes(
         log=log,
         labels=labels,
         threads=threads,
+        executor=executor,
     )
     return [paths[a:b] for a, b in spans]
-
-
-def _order(todo: dict[str, Any], needs: dict[str, str | None]) -> list[str]:
-    """Keys of ``todo`` in input order, each after the run it starts from."""
-    done: set[str] = set()
-    order: list[str] = []
-
-    def visit(key: str) -> None:
-        if key in done:
-            return
-        done.add(key)
-        dep = needs[key]
-        if dep is not None:
-            visit(dep)
-        order.append(key)
-
-    for key in todo:
-        visit(key)
-    return order
-
-
-def _report(
-    log: Callable[[str], None] | None, count: int, total: int, name: str, seconds: float
-) -> None:
-    if log is not None:
-        log(f"trained {count}/{total}: {name} ({seconds:.1f} s)")
-
-
-def _serial(
-    todo: dict[str, tuple[TrainConfig, str]],
-    needs: dict[str, str | None],
-    result: dict[str, Path],
-    cache: Path,
-    device: str | None,
-    workers: int,
-    progress: bool,
-    log: Callable[[str], None] | None,
-    threads: int | None,
-) -> None:
-    for count, key in enumerate(_order(todo, needs), start=1):
-        config, name = todo[key]
-        try:
-            path, seconds = _train_one(config, str(cache), device, progress, threads, name)
-        except Exception as exc:
-            raise _failure(config, name, exc) from exc
-        result[key] = Path(path)
-        _report(log, count, len(todo), name, seconds)
-
-
-def _parallel(
-    todo: dict[str, tuple[TrainConfig, str]],
-    needs: dict[str, str | None],
-    result: dict[str, Path],
-    cache: Path,
-    device: str | None,
-    workers: int,
-    progress: bool,
-    log: Callable[[str], None] | None,
-    threads: int | None,
-) -> None:
-    order = _order(todo, needs)
-    starts = {dep for dep in needs.values() if dep is not None}
-    # runs that others wait on first (a start unblocks its fine-tunes), then input order
-    position = {k: i for i, k in enumerate(order)}
-    waiting = sorted(order, key=lambda k: (k not in starts, position[k]))
-    running: dict[cf.Future, str] = {}
-    count = 0
-    pool = cf.ProcessPoolExecutor(
-        max_workers=workers, mp_context=multiprocessing.get_context("spawn")
-    )
-    try:
-        while waiting or running:
-            ready = [k for k in waiting if needs[k] is None or needs[k] in result]
-            for key in ready[: max(0, workers - len(running))]:
-                config, name = todo[key]
-                fut = pool.submit(_train_one, config, str(cache), device, False, threads, name)
-                running[fut] = key
-                waiting.remove(key)
-            if not running:  # cannot happen: every dependency is listed before it is needed
-                raise TrainingError(f"no run can start: {len(waiting)} wait on missing starts")
-            finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
-            for fut in finished:
-                key = running.pop(fut)
-                config, name = todo[key]
-                try:
-                    path, seconds = fut.result()
-                except Exception as exc:
-                    raise _failure(config, name, exc) from exc
-                result[key] = Path(path)
-                count += 1
-                _report(log, count, len(todo), name, seconds)
-    except BaseException:
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)

@@ -470,6 +470,7 @@ def fit(
     do_augment = config.augment and side >= AUGMENT_MIN_SIZE
     padding = config.augment_padding if config.augment_padding is not None else side // 8
     opt = _optimizer(config, model)
+    amp = config.amp and device.type == "cuda"
     model.train()
     batches = _batches(n, config.batch_size, gen)
     tail: collections.deque[torch.Tensor] = collections.deque(maxlen=max(1, total // 10))
@@ -486,7 +487,8 @@ def fit(
         lr = config.lr * lr_factor(config, step, total)
         for group in opt.param_groups:
             group["lr"] = lr
-        loss = _loss(model(xb), yb, config.label_smoothing, multilabel)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            loss = _loss(model(xb), yb, config.label_smoothing, multilabel)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -604,6 +606,7 @@ def train_model(
         **stats,
         "seconds": round(time.perf_counter() - started, 3),
         "device": str(dev),
+        "amp": bool(config.amp and dev.type == "cuda"),
         "torch": torch.__version__,
     }
     atomic_write_text(cache / f"{key}.json", json.dumps(sidecar, indent=2, sort_keys=True))
