@@ -45,6 +45,18 @@ def where(name: str, seconds: float = 0.0, device: str | None = None) -> tuple[s
     return name, device
 
 
+def which_gpu(name: str, seconds: float = 0.0, device: str | None = None) -> tuple:
+    """(name, device, the GPUs this process sees)."""
+    time.sleep(seconds)
+    return name, device, os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def crash_always(marker_dir: str, name: str) -> str:
+    """Kill the worker process on every attempt."""
+    _attempt(marker_dir, name)
+    os._exit(3)
+
+
 @dataclass
 class FlakyTraining:
     """Stands in for ``mergelab.train.pool._train_one``: the run labelled ``label`` raises

@@ -136,15 +136,18 @@ def test_cli_table_json_and_skipped_note(files, tmp_path, capsys) -> None:
     assert doc["written_by"].startswith("mergelab ") and doc["written_by"].endswith(" diagnose")
 
 
-@pytest.mark.parametrize("text", ['{"my": "notes"}', "not json", '["a list"]'])
+@pytest.mark.parametrize(
+    "text",
+    ['{"my": "notes"}', "not json", '["a list"]', '{"written_by": "mergelab 0.1.0 advise"}'],
+)
 def test_cli_json_never_replaces_a_file_it_did_not_write(files, tmp_path, capsys, text) -> None:
     mine = tmp_path / "notes.json"
     mine.write_text(text)
     args = ["diagnose", str(files[0]), str(files[1]), "--base", str(files[2])]
     assert main([*args, "--json", str(mine)]) == 2
     assert capsys.readouterr().err == (
-        f"mergelab: error: --json {mine}: exists and mergelab did not write it; remove it or "
-        "give another name\n"
+        f"mergelab: error: --json {mine}: exists and mergelab diagnose did not write it; remove "
+        "it or give another name\n"
     )
     assert mine.read_text() == text
 

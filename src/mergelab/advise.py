@@ -202,7 +202,11 @@ def advise(
     folder = output_folder(Path(out).expanduser(), writes=(ADVICE_FILE,)) if out else None
     if folder is not None:
         output_file(folder / ADVICE_FILE, inputs, "--out", in_checked_folder=True)
-    json_file = output_file(json_path, inputs, "--json") if json_path is not None else None
+    json_file = (
+        output_file(json_path, inputs, "--json", command="advise")
+        if json_path is not None
+        else None
+    )
     report = run_compare(list(models), arch=arch, data=data, progress=progress, **compare_options)
     if not (report.frame["metric"] == "accuracy").any():
         raise ConfigError(f"advise: {data} is scored by AUROC (multi-label); advise needs accuracy")

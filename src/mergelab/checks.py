@@ -89,21 +89,23 @@ def output_file(
     option: str,
     *,
     in_checked_folder: bool = False,
+    command: str | None = None,
 ) -> Path:
     """A file a result is written to (atomically), refused (one line naming ``option``)
     when it is one of the ``inputs`` or lies inside one, is a folder, or exists and is not
-    a JSON result mergelab wrote (:func:`written_by`); ``in_checked_folder``: the file's
-    folder was checked by :func:`output_folder`, which decides about an existing file."""
+    a JSON result mergelab's ``command`` wrote (:func:`written_by`); ``in_checked_folder``:
+    the file's folder was checked by :func:`output_folder`, which decides about an existing
+    file."""
     out = Path(path).expanduser()
     if out.is_dir():
         raise MergelabError(f"{option} {out}: is a folder; give a file name")
     clash = same_or_within(out, [Path(i).expanduser() for i in inputs])
     if clash is not None:
         raise MergelabError(f"{option} {out}: is the input {clash}; it would be overwritten")
-    if out.exists() and not in_checked_folder and not json_by_mergelab(out):
+    if out.exists() and not in_checked_folder and not json_by_mergelab(out, command):
+        who = f"mergelab {command}" if command else "mergelab"
         raise MergelabError(
-            f"{option} {out}: exists and mergelab did not write it; remove it or give "
-            "another name"
+            f"{option} {out}: exists and {who} did not write it; remove it or give another name"
         )
     return out
 
@@ -120,15 +122,17 @@ def written_by(command: str) -> dict[str, str]:
     return {WRITTEN_BY: f"mergelab {__version__} {command}"}
 
 
-def json_by_mergelab(path: Path, limit: int = 1 << 26) -> bool:
-    """Whether ``path`` is a JSON object (at most ``limit`` bytes) that mergelab wrote."""
+def json_by_mergelab(path: Path, command: str | None = None, limit: int = 1 << 26) -> bool:
+    """Whether ``path`` is a JSON object (at most ``limit`` bytes) that mergelab (its
+    ``command``, when given) wrote."""
     try:
         if not path.is_file() or path.stat().st_size > limit:
             return False
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
         return False
-    return isinstance(data, dict) and str(data.get(WRITTEN_BY, "")).startswith("mergelab ")
+    mark = str(data.get(WRITTEN_BY, "")) if isinstance(data, dict) else ""
+    return mark.startswith("mergelab ") and (command is None or mark.endswith(f" {command}"))
 
 
 def output_folder(

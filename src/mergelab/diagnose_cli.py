@@ -128,7 +128,8 @@ def _run_diagnose(args: argparse.Namespace) -> int:
     if args.data is not None and len(args.data) > 2:
         raise ConfigError(f"--data: give one spec, or two (A's, B's); got {len(args.data)}")
     if args.json:
-        output_file(args.json, [args.a, args.b, args.base, *(args.heads or [])], "--json")
+        inputs = [args.a, args.b, args.base, *(args.heads or [])]
+        output_file(args.json, inputs, "--json", command="diagnose")
     result = diagnose(
         args.a,
         args.b,

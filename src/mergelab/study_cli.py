@@ -117,8 +117,10 @@ def add_study_parser(subparsers: argparse._SubParsersAction) -> None:
         type=_workers,
         default="auto",
         metavar="N",
-        help="training processes at once (default auto: 1 on a GPU, else up to 4, one per "
-        "core). Changes the wall time only: every run is seeded, so results are identical",
+        help="units (training runs, model outputs) at once (default auto: on GPUs, GPUs x "
+        "--units-per-gpu; else one per core, up to 4); with --executor ray and no --address, "
+        "the local Ray instance's cores. Changes the wall time only: every run is seeded, so "
+        "results are identical",
     )
     p.add_argument(
         "--executor",

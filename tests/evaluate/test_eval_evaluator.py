@@ -216,7 +216,7 @@ def test_a_batch_the_device_has_no_memory_for_runs_in_halves(
     got = ev.outputs(mlps[0], "val")
     np.testing.assert_allclose(got.logits, want.logits, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(got.features, want.features, rtol=1e-6, atol=1e-6)
-    assert ev.halved == 3 + 3 + 3  # each batch (100, 100, 70) in halves, then quarters
+    assert ev.halved == 2  # 100 -> 50 -> 25, and 25 kept for the rest of the pass
     assert ev.counter.batches() == 3  # still one pass of three batches
 
 

@@ -16,6 +16,7 @@ from executor_fakes import FlakyTraining
 import mergelab.train.pool as pool
 import mergelab.train.trainer as trainer
 from mergelab.cli import main
+from mergelab.errors import MergelabError
 from mergelab.report import Results
 from mergelab.results import RESULT_COLUMNS
 from mergelab.studies import STUDIES, load_config, run_study
@@ -176,8 +177,24 @@ def test_a_run_that_keeps_failing_is_named_and_a_rerun_trains_only_it(study, tmp
     assert len(units) == 28  # the 26 other training runs finished, and are cached
     monkeypatch.undo()
     paths = run_study("tiny", out, progress=False, workers=1)
-    units = pd.read_csv(out / "units.csv")
-    assert list(units[units.kind == "train"].label) == [FLAKY, FLAKY]  # only what failed
+    after = pd.read_csv(out / "units.csv")
+    # the rows of the 26 finished runs are untouched (same seconds, same pid): not run again
+    kept = units[units.label != FLAKY]
+    pd.testing.assert_frame_equal(
+        after[after.key.isin(kept.key)].reset_index(drop=True).astype(str),
+        kept.reset_index(drop=True).astype(str),
+    )
+    rerun = after[after.label == FLAKY]
+    assert list(rerun.status) == ["done", "done"] and list(rerun.attempts) == [1, 1]
+    assert (after.status == "done").all() and set(after.kind) == {"train", "evaluate"}
     local_out, local = study
     pd.testing.assert_frame_equal(_untimed(paths["results"]), _untimed(local["results"]))
     assert _checkpoints(out) == _checkpoints(local_out)
+
+
+def test_a_ray_cluster_that_does_not_answer_is_one_line_and_no_folder(tmp_path):
+    pytest.importorskip("ray")
+    out = tmp_path / "never"
+    with pytest.raises(MergelabError, match=r"^--address 127.0.0.1:1: no Ray cluster answers"):
+        run_study("tiny", out, progress=False, executor="ray", address="127.0.0.1:1")
+    assert not out.exists()

@@ -31,6 +31,9 @@ from mergelab.evaluate.source import ModelSource
 
 __all__ = ["CheckpointMismatchError", "Evaluator", "PassCounter", "PassRecord", "default_device"]
 
+# torch < 2.5 has the error under torch.cuda only.
+_OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
 # Adapted images of a split are kept in memory (and reused by every model) below this size.
 MEMORY_BATCH_LIMIT = 1 << 30
 
@@ -154,7 +157,8 @@ class Evaluator:
         self.bn_batches = bn_batches
         self.counter = PassCounter()
         self.halved = 0
-        """Batches run in halves because the device ran out of memory."""
+        """Times a batch was halved because the device ran out of memory."""
+        self._fits: int | None = None  # the batch size that fitted, within one pass
         self._model: nn.Module | None = None
         self._feature_head: Any = None
         self._split_batches: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
@@ -342,6 +346,7 @@ class Evaluator:
         logits: list[torch.Tensor] = []
         feats: list[torch.Tensor] = []
         n_batches = 0
+        self._fits = None
         start = time.perf_counter()
         n = self.splits.size(split)
         with (
@@ -374,25 +379,39 @@ class Evaluator:
         )
 
     def _run_batch(self, fh: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features and logits of one batch; a batch the GPU has no memory for is run in
-        halves (eval mode: each image's outputs do not depend on the others), so a batch
-        size chosen for a large GPU still runs on a small one or beside other units."""
-        try:
-            f = fh.features(x)
-            return f, fh.head(f)
-        except torch.OutOfMemoryError:
-            if len(x) == 1:
-                raise MergeError(
-                    f"{self.arch}: out of {self.device} memory for a single image of shape "
-                    f"{tuple(x.shape[1:])}; run fewer units per GPU or use a larger one"
-                ) from None
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-            self.halved += 1
-            half = len(x) // 2
-            fa, za = self._run_batch(fh, x[:half])
-            fb, zb = self._run_batch(fh, x[half:])
-            return torch.cat([fa, fb]), torch.cat([za, zb])
+        """Features and logits of one batch. A batch the device has no memory for runs in
+        halves, and the size that fitted is kept for the rest of the pass (eval mode: an
+        image's outputs do not depend on the others), so a batch size chosen for a large GPU
+        still runs on a small one or beside other units."""
+        size = min(len(x), self._fits or len(x))
+        feats: list[torch.Tensor] = []
+        logits: list[torch.Tensor] = []
+        start = 0
+        while start < len(x):
+            part = x[start : start + size]
+            try:
+                f = fh.features(part)
+                z = fh.head(f)
+            except _OUT_OF_MEMORY:
+                f = z = None  # leave the handler first: its frames hold the failed pass
+            if f is None or z is None:
+                if size == 1:
+                    raise MergeError(
+                        f"{self.arch}: out of {self.device} memory for a single image of shape "
+                        f"{tuple(x.shape[1:])}; run fewer units per GPU or use a larger one"
+                    )
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                size = max(1, size // 2)
+                self._fits = size
+                self.halved += 1
+                continue
+            feats.append(f)
+            logits.append(z)
+            start += len(part)
+        if len(feats) == 1:
+            return feats[0], logits[0]
+        return torch.cat(feats), torch.cat(logits)
 
     def recalibrate_bn(self, model: nn.Module, *, label: str = "model") -> nn.Module:
         """Replace BatchNorm running statistics by those of ``model`` itself on train data.

@@ -47,12 +47,14 @@ def make_executor(
         from mergelab.executor.on_ray import RayExecutor, _ray
 
         _ray()  # not installed: one line now, before the study claims its folder
-        return RayExecutor(
+        executor = RayExecutor(
             address,
             num_cpus=None if address else workers,
             units_per_gpu=units_per_gpu,
             retries=retries,
         )
+        executor.connect()  # a cluster that does not answer: one line, before any folder
+        return executor
     from mergelab.errors import MergelabError
 
     raise MergelabError(f"unknown executor {name!r}; use one of: {', '.join(EXECUTORS)}")

@@ -57,6 +57,10 @@ class Executor:
         self.units_per_gpu = units_per_gpu
         self.records: list[UnitRecord] = []
 
+    def describe(self) -> str:
+        """One phrase for logs: where the units run."""
+        return f"{self.name} executor"
+
     # -- what an executor implements ----------------------------------------------------------
 
     @property
@@ -73,6 +77,10 @@ class Executor:
 
     def _close(self, cancel: bool) -> None:
         """Release workers (``cancel``: drop what has not started)."""
+
+    def _lost_worker(self, exc: BaseException) -> bool:
+        """Whether ``exc`` says a worker process died, failing every unit it shared."""
+        return False
 
     def _device(self, unit: Unit, slot: int) -> str | None:
         """Where a GPU unit runs: ``cuda:N`` by GPU slot (executors that see the GPUs)."""
@@ -109,16 +117,23 @@ class Executor:
         waiting = sorted(order, key=lambda k: (k not in needed, position[k]))
         results: dict[str, Any] = {}
         failed: dict[str, BaseException] = {}
+        dead: set[str] = set()  # failed, or skipped because a need is dead
+        suspects: set[str] = set()  # in flight when a worker died: rerun one at a time
         running: dict[Any, tuple[str, int]] = {}
         gpu_free = list(range(self.gpus * self.units_per_gpu))
         try:
             while waiting or running:
-                blocked = [k for k in waiting if any(n in failed for n in todo[k].needs)]
-                for key in blocked:  # a need failed: this unit cannot run
-                    failed_need = next(n for n in todo[key].needs if n in failed)
-                    records[key].status = f"skipped ({todo[failed_need].label} failed)"
-                    waiting.remove(key)
+                for key in list(waiting):  # in order: a unit comes after what it needs
+                    need = next((n for n in todo[key].needs if n in dead), None)
+                    if need is not None:
+                        records[key].status = f"skipped ({todo[need].label} did not finish)"
+                        dead.add(key)
+                        waiting.remove(key)
                 ready = [k for k in waiting if all(n in results for n in todo[k].needs)]
+                if any(k in suspects for k, _ in running.values()):
+                    ready = []  # a suspect runs alone
+                elif suspects & set(ready):
+                    ready = [k for k in ready if k in suspects][:1] if not running else []
                 for key in ready:
                     if len(running) >= self.slots:
                         break
@@ -130,14 +145,16 @@ class Executor:
                             continue
                         slot = gpu_free.pop(0)
                         kwargs["device"] = self._device(unit, slot)
+                    handle = self._submit(unit, kwargs)
                     records[key].attempts += 1
                     records[key].status = "running"
-                    running[self._submit(unit, kwargs)] = (key, slot)
+                    running[handle] = (key, slot)
                     waiting.remove(key)
                 if not running:
                     if waiting:  # cannot happen: needs are listed and ordered
                         raise RuntimeError(f"{len(waiting)} units wait on units that never run")
                     break
+                in_flight = len(running)
                 for handle, value, exc, seconds, where in self._wait(list(running)):
                     key, slot = running.pop(handle)
                     if slot >= 0:
@@ -147,9 +164,17 @@ class Executor:
                     record.seconds, record.where = seconds, where
                     if exc is None:
                         record.status = "done"
+                        suspects.discard(key)
                         results[key] = value
                         if on_done is not None:
                             on_done(unit, value, seconds)
+                        continue
+                    if self._lost_worker(exc) and in_flight > 1 and key not in suspects:
+                        # a worker died with several units in flight: which one killed it
+                        # is unknown, so none is charged; each runs again, alone
+                        record.attempts -= 1
+                        suspects.add(key)
+                        waiting.insert(0, key)
                         continue
                     record.errors.append(describe(exc))
                     if retryable(exc) and record.attempts <= self.retries:
@@ -162,9 +187,13 @@ class Executor:
                         continue
                     record.status = "failed"
                     failed[key] = exc
+                    dead.add(key)
                     if log is not None:
                         log(f"{unit.label}: failed after {record.attempts} attempt(s)")
         except BaseException:
+            for record in records.values():
+                if record.status in ("waiting", "running"):
+                    record.status = "cancelled"
             self._close(cancel=True)
             raise
         if failed:

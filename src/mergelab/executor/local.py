@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import multiprocessing
+import os
 from typing import Any
 
 from mergelab.executor.base import Executor, Finished
@@ -16,6 +17,9 @@ class InProcess(Executor):
     """One unit at a time, in this process (the default: needs nothing else)."""
 
     name = "in-process"
+
+    def describe(self) -> str:
+        return "in this process"
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
@@ -39,9 +43,16 @@ class InProcess(Executor):
         self._queue.clear()
 
 
+def _see_one_gpu(index: int) -> None:
+    """Worker initializer: this process sees GPU ``index`` only (as ``cuda``), so it never
+    creates a CUDA context on another GPU."""
+    os.environ["CUDA_VISIBLE_DEVICES"] = str(index)
+
+
 class ProcessPool(Executor):
-    """Up to ``workers`` units at once in processes of a "spawn" context (with GPUs:
-    ``gpus * units_per_gpu`` GPU units at once, each on ``cuda:N`` by its slot)."""
+    """Up to ``workers`` units at once in processes of a "spawn" context. With GPUs, GPU
+    units run in one pool per GPU (``units_per_gpu`` processes that see only that GPU), so
+    a worker holds memory on one GPU only."""
 
     name = "processes"
 
@@ -50,40 +61,74 @@ class ProcessPool(Executor):
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.workers = workers
-        self._pool: cf.ProcessPoolExecutor | None = None
+        self._pools: dict[int | None, cf.ProcessPoolExecutor] = {}
+        self._placed: dict[cf.Future, str] = {}
 
     @property
     def slots(self) -> int:
-        return self.workers
+        return max(self.workers, self.gpus * self.units_per_gpu)
+
+    def describe(self) -> str:
+        gpus = f", {self.units_per_gpu} per GPU on {self.gpus} GPU(s)" if self.gpus else ""
+        return f"{self.workers} worker processes{gpus}"
+
+    def _pool(self, gpu: int | None) -> cf.ProcessPoolExecutor:
+        if gpu not in self._pools:
+            context = multiprocessing.get_context("spawn")
+            if gpu is None:
+                pool = cf.ProcessPoolExecutor(max_workers=self.workers, mp_context=context)
+            else:
+                pool = cf.ProcessPoolExecutor(
+                    max_workers=self.units_per_gpu,
+                    mp_context=context,
+                    initializer=_see_one_gpu,
+                    initargs=(gpu,),
+                )
+            self._pools[gpu] = pool
+        return self._pools[gpu]
 
     def _submit(self, unit: Unit, kwargs: dict[str, Any]) -> cf.Future:
-        if self._pool is None:
-            self._pool = cf.ProcessPoolExecutor(
-                max_workers=self.workers, mp_context=multiprocessing.get_context("spawn")
-            )
+        gpu = None
+        device = str(kwargs.get("device") or "")
+        if unit.resources.gpus > 0 and self.gpus and device.startswith("cuda:"):
+            gpu = int(device.split(":")[1])
+            kwargs = {**kwargs, "device": "cuda"}  # the only GPU its process sees
+        args = (call_unit, unit.fn, unit.args, kwargs, self.threads)
         try:
-            return self._pool.submit(call_unit, unit.fn, unit.args, kwargs, self.threads)
+            fut = self._pool(gpu).submit(*args)
         except cf.process.BrokenProcessPool:  # a worker died (killed, out of memory): anew
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
-            return self._submit(unit, kwargs)
+            self._pools.pop(gpu).shutdown(wait=True, cancel_futures=True)
+            fut = self._pool(gpu).submit(*args)
+        if gpu is not None:
+            self._placed[fut] = device
+        return fut
+
+    def _lost_worker(self, exc: BaseException) -> bool:
+        return isinstance(exc, cf.process.BrokenProcessPool)
 
     def _wait(self, handles: list[Any]) -> list[Finished]:
         finished, _ = cf.wait(handles, return_when=cf.FIRST_COMPLETED)
         out: list[Finished] = []
         for fut in finished:
+            device = self._placed.pop(fut, None)
             try:
                 value, seconds, where = fut.result()
             except Exception as exc:  # raised by the unit, or a worker that died
-                out.append((fut, None, exc, 0.0, "worker process"))
+                out.append((fut, None, exc, 0.0, device or "worker process"))
             else:
+                if device is not None:
+                    where = where.replace(":cuda", f":{device}")
                 out.append((fut, value, None, seconds, where))
         return out
 
     def _close(self, cancel: bool) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=cancel)
-            self._pool = None
+        for pool in self._pools.values():
+            if cancel:  # interrupted: stop the units in flight too (nothing half-written)
+                for process in list((getattr(pool, "_processes", None) or {}).values()):
+                    process.terminate()
+            pool.shutdown(wait=True, cancel_futures=cancel)
+        self._pools.clear()
+        self._placed.clear()
 
 
 def local_executor(workers: int = 1, **kw: Any) -> Executor:

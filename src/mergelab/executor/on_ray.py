@@ -29,6 +29,28 @@ def _ray() -> Any:
     return ray
 
 
+def _reachable(address: str, timeout: float = 10.0) -> None:
+    """Refuse an ``address`` whose host:port accepts no connection."""
+    import socket
+
+    hostport = address.removeprefix("ray://")
+    host, _, port = hostport.rpartition(":")
+    try:
+        number = int(port)
+    except ValueError:
+        raise MergelabError(
+            f"--address {address}: expected HOST:PORT, ray://HOST:PORT or auto"
+        ) from None
+    try:
+        socket.create_connection((host or "localhost", number), timeout=timeout).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise MergelabError(
+            f"--address {address}: no Ray cluster answers there ({reason}); start one "
+            "(`ray start --head`) or leave --address out for a local instance"
+        ) from None
+
+
 class RayExecutor(Executor):
     """Units as Ray tasks.
 
@@ -60,6 +82,19 @@ class RayExecutor(Executor):
     @property
     def slots(self) -> int:
         return 1 << 30  # Ray queues tasks by their resources
+
+    def describe(self) -> str:
+        if self.address is not None:
+            return f"Ray cluster at {self.address}"
+        return f"local Ray instance, {self.num_cpus or 'all'} cores"
+
+    def connect(self) -> None:
+        """Start the local instance or join the cluster now (a study does this before it
+        creates its folder); an address nothing answers on is one error line within
+        ``timeout`` seconds instead of Ray's endless retries."""
+        if self.address not in (None, "auto", "local"):
+            _reachable(self.address)
+        self._connect()
 
     def _connect(self) -> Any:
         ray = _ray()

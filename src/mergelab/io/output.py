@@ -49,6 +49,8 @@ def written_by_mergelab(path: Path) -> bool:
             metadata = read_header(path)[2]
         elif path.name.endswith(".index.json"):
             metadata = json.loads(path.read_text()).get("metadata") or {}
+        elif path.name.endswith(".json") and _json_result(path):
+            return True
         elif path.name.endswith(".yaml"):
             with open(path, encoding="utf-8") as fh:
                 return fh.readline().startswith(RECIPE_MARK)
@@ -57,6 +59,12 @@ def written_by_mergelab(path: Path) -> bool:
     except (MergelabError, OSError, ValueError, AttributeError):
         return False
     return isinstance(metadata, dict) and any(str(k).startswith("mergelab") for k in metadata)
+
+
+def _json_result(path: Path) -> bool:
+    from mergelab.checks import json_by_mergelab
+
+    return json_by_mergelab(path)
 
 
 def _listed_in_record(path: Path) -> bool:

@@ -133,16 +133,14 @@ class StudyContext:
             self.log(f"ingredients: all {len(keys)} training runs cached ({recipes_text})")
         else:
             done = f" ({cached} cached, {len(keys) - cached} to train)" if cached else ""
-            self.log(
-                f"ingredients: {recipes_text}, {len(keys)} training runs{done}, "
-                f"{self.workers} worker(s)"
-            )
+            where = self.executor.describe() if self.executor else f"{self.workers} worker(s)"
+            self.log(f"ingredients: {recipes_text}, {len(keys)} training runs{done}, {where}")
         paths = train_recipes(
             todo,
             cache_dir=self.runs_dir,
             device=self.config.device,
             workers=self.workers,
-            progress=self.progress and self.workers == 1 and self.executor is None,
+            progress=self.progress and self.workers == 1,
             log=self.log,
             executor=self.executor,
         )
@@ -173,8 +171,8 @@ class StudyContext:
         )
         if not units:
             return
-        where = self.executor.name if self.executor is not None else "in-process"
-        self.log(f"outputs: {len(units)} checkpoint(s) to evaluate ({where})")
+        where = self.executor.describe() if self.executor is not None else "in this process"
+        self.log(f"outputs: {len(units)} checkpoint(s) to evaluate, {where}")
         count = 0
 
         def done(unit: Any, value: Any, seconds: float) -> None:

@@ -70,6 +70,7 @@ def run_study(
         config, text = load_config(config)
     out = Path(out)
     check_study(config)
+    output_folder(out, writes=WRITES)
     if not isinstance(executor, Executor):
         executor = make_executor(
             executor,
@@ -78,19 +79,18 @@ def run_study(
             gpus=local_gpus(config.device) if executor == "local" else 0,
             units_per_gpu=units_per_gpu,
         )
-    output_folder(out, writes=WRITES)
-    with removed_if_left_empty(out):
+    with removed_if_left_empty(out), executor:  # workers stop before the folder check
         claim_output_folder(out, "study")
-        with executor:
-            ctx = StudyContext(config, out, progress=progress, workers=max(1, workers))
-            ctx.executor = executor
-            try:
-                ctx.log(f"study {config.name!r} into {out}/ ({executor.name} executor)")
-                ctx.prepare([r for study in STUDIES.values() for r in study.needed_recipes(ctx)])
-                ctx.evaluate_ahead([w for s in STUDIES.values() for w in s.needed_outputs(ctx)])
-                return _run(ctx, text)
-            finally:
-                _write_units(out, executor)
+        ctx = StudyContext(config, out, progress=progress, workers=max(1, workers))
+        ctx.executor = executor
+        first = len(executor.records)
+        try:
+            ctx.log(f"study {config.name!r} into {out}/ ({executor.describe()})")
+            ctx.prepare([r for study in STUDIES.values() for r in study.needed_recipes(ctx)])
+            ctx.evaluate_ahead([w for s in STUDIES.values() for w in s.needed_outputs(ctx)])
+            return _run(ctx, text)
+        finally:
+            _write_units(out, executor.records[first:])
 
 
 def local_gpus(device: str | None) -> int:
@@ -104,11 +104,24 @@ def local_gpus(device: str | None) -> int:
     return torch.cuda.device_count()
 
 
-def _write_units(out: Path, executor: Executor) -> None:
-    """``units.csv``: every unit this run started (cached ones never start), its attempts,
-    seconds, host:pid:device and errors."""
-    frame = pd.DataFrame([r.row() for r in executor.records], columns=list(UnitRecord.COLUMNS))
-    atomic_write_text(out / "units.csv", frame.to_csv(index=False))
+def _write_units(out: Path, records: list[UnitRecord]) -> None:
+    """``units.csv``: every unit a run of the study started (cached ones never start), with
+    its attempts, seconds, host:pid[:device] and errors; a rerun's units replace their
+    earlier rows and the other rows stay, so the file keeps every unit's last run. Not
+    written when no unit finished or failed."""
+    if not any(r.status in ("done", "failed") for r in records):
+        return
+    path = out / "units.csv"
+    frame = pd.DataFrame([r.row() for r in records], columns=list(UnitRecord.COLUMNS))
+    if path.is_file():
+        try:
+            old = pd.read_csv(path, dtype=str, keep_default_na=False)
+        except (OSError, ValueError, pd.errors.ParserError):
+            old = None
+        if old is not None and list(old.columns) == list(UnitRecord.COLUMNS):
+            old = old[~old["key"].isin(set(frame["key"]))]
+            frame = pd.concat([old, frame.astype(str)], ignore_index=True)
+    atomic_write_text(path, frame.to_csv(index=False))
 
 
 def _run(ctx: StudyContext, text: str) -> dict[str, object]:
