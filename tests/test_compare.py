@@ -560,9 +560,10 @@ def test_seed_and_image_size_are_checked_when_parsed(
         _cli(_args(ckpts[:1], tmp_path, option, value), capsys)
     assert info.value.code == 2
     err = capsys.readouterr().err.splitlines()
-    assert err[-1] == (
-        f"mergelab compare: error: argument {option}: '{value}': must be an integer {allowed}"
-    )
+    assert err == [  # one line, like every error
+        f"mergelab compare: error: argument {option}: '{value}': must be an integer {allowed} "
+        "(see mergelab compare --help)"
+    ]
     with pytest.raises(MergelabError, match=rf"^{option} {value}: must be {allowed}$"):
         run_compare(
             ckpts[:1], arch="mlp", data="digits", **{option[2:].replace("-", "_"): int(value)}

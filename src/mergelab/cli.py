@@ -11,6 +11,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Sequence
+from typing import NoReturn
 
 from mergelab.errors import MergeError, MergelabError
 
@@ -211,8 +212,16 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A usage error is one line on stderr (what is wrong, and where the help is), like
+    every other error of mergelab, instead of argparse's usage block and message."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="mergelab",
         description="Combine trained networks: merge in weight space, ensemble in feature space.",
     )
@@ -221,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the full traceback of an error (accepted anywhere on the line)",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     from mergelab.advise_cli import add_advise_parser
     from mergelab.compare_cli import add_compare_parser
     from mergelab.compress_cli import add_compress_parser, add_expand_parser

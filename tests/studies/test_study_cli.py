@@ -48,7 +48,10 @@ def test_bad_workers_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["study", "tiny", "--workers", "0"])
     assert exc.value.code == 2
-    assert "--workers" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        "mergelab study: error: argument --workers: expected 'auto' or a positive number, got "
+        "'0' (see mergelab study --help)\n"
+    )  # one line, like every other error
 
 
 def _fake_run(calls: list, failures: list[str]):
