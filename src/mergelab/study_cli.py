@@ -94,7 +94,8 @@ def add_study_parser(subparsers: argparse._SubParsersAction) -> None:
         nargs="?",
         default="quick",
         metavar="PRESET|CONFIG",
-        help="a preset (quick, tiny, paper) or a study config YAML file (default: quick)",
+        help="a preset (quick, tiny, paper, multitask-quick, mergeability) or a study config "
+        "YAML file (default: quick)",
     )
     p.add_argument(
         "--out",
