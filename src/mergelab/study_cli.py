@@ -60,26 +60,18 @@ check failed (a defect, named on stderr and in the report, which is still writte
 """
 
 
+def _positive(text: str, expected: str = "a positive number") -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+    return n
+
+
 def _workers(text: str) -> int | str:
-    if text == "auto":
-        return text
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or a positive number, got {text!r}")
-    return n
-
-
-def _positive(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return n
+    return text if text == "auto" else _positive(text, "'auto' or a positive number")
 
 
 def add_study_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -180,10 +172,6 @@ def _run_study(args: argparse.Namespace) -> int:
         if missing:
             print(f"\n{missing_warning(missing)}")
         return 0
-    if args.address is not None and args.executor != "ray":
-        from mergelab.errors import MergelabError
-
-        raise MergelabError("--address is for --executor ray")
     workers = (
         auto_workers(config.device, args.units_per_gpu) if args.workers == "auto" else args.workers
     )

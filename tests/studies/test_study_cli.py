@@ -140,9 +140,11 @@ def test_executor_options_reach_the_study_and_address_needs_ray(tmp_path, monkey
         "workers": 3,
     }
     capsys.readouterr()
+    monkeypatch.undo()  # the real study: refused before any folder or training
     assert main(["study", "tiny", "--out", out, "--address", "auto"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["mergelab: error: --address is for --executor ray"]
+    assert not (tmp_path / "o").exists()
     with pytest.raises(SystemExit):
         main(["study", "tiny", "--units-per-gpu", "0"])
     assert "--units-per-gpu: expected a positive number, got '0'" in capsys.readouterr().err

@@ -8,6 +8,7 @@ that runs many units loads each dataset once.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Callable, Sequence
@@ -34,9 +35,7 @@ class OutputsWanted:
     splits: tuple[str, ...] = ("val", "test")
 
 
-_EVALUATORS: dict[tuple, Evaluator] = {}
-
-
+@functools.lru_cache(maxsize=8)
 def _evaluator(
     dataset: str,
     split_seed: int,
@@ -46,22 +45,18 @@ def _evaluator(
     cache_dir: str,
     device: str | None,
 ) -> Evaluator:
+    """The evaluator a worker keeps for these arguments (its dataset loaded once)."""
     from mergelab.data import load_dataset
 
-    key = (dataset, split_seed, arch, image, batch_size, cache_dir, device)
-    if key not in _EVALUATORS:
-        if len(_EVALUATORS) >= 8:
-            _EVALUATORS.pop(next(iter(_EVALUATORS)))
-        _EVALUATORS[key] = Evaluator(
-            load_dataset(dataset, seed=split_seed),
-            arch=arch,
-            spec=image,
-            batch_size=batch_size,
-            cache_dir=cache_dir,
-            device=device,
-            progress=False,
-        )
-    return _EVALUATORS[key]
+    return Evaluator(
+        load_dataset(dataset, seed=split_seed),
+        arch=arch,
+        spec=image,
+        batch_size=batch_size,
+        cache_dir=cache_dir,
+        device=device,
+        progress=False,
+    )
 
 
 def _outputs_of(

@@ -5,6 +5,7 @@ unit); results are written to content-addressed caches, so which executor ran th
 changes the wall time only.
 """
 
+from mergelab.errors import MergelabError
 from mergelab.executor.base import Executor
 from mergelab.executor.local import InProcess, ProcessPool, local_executor
 from mergelab.executor.units import Resources, Unit, UnitRecord, UnitsFailed
@@ -39,8 +40,6 @@ def make_executor(
     with ``workers`` cores)."""
     if name == "local":
         if address is not None:
-            from mergelab.errors import MergelabError
-
             raise MergelabError("--address is for --executor ray")
         return local_executor(workers, gpus=gpus, units_per_gpu=units_per_gpu, retries=retries)
     if name == "ray":
@@ -55,6 +54,4 @@ def make_executor(
         )
         executor.connect()  # a cluster that does not answer: one line, before any folder
         return executor
-    from mergelab.errors import MergelabError
-
     raise MergelabError(f"unknown executor {name!r}; use one of: {', '.join(EXECUTORS)}")
