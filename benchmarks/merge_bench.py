@@ -6,7 +6,9 @@ untied embeddings, ~168M parameters, ~643 MB per fp32 checkpoint. Then, for line
 task_arithmetic, ties and dare (density 0.5), breadcrumbs, model_stock and slerp (base and
 one fine-tune), runs ``mergelab merge`` and, when installed, ``mergekit-yaml`` on the same
 YAML recipe under ``/usr/bin/time -v``, and reports wall time, peak RSS and the max abs
-difference between the two outputs. ``--double`` repeats the
+difference between the two outputs (and how many values differ at all). ``--dtype``
+sets the recipes' dtype and ``--compat`` runs mergelab with ``--compat mergekit``.
+``--double`` repeats the
 mergelab runs on a fixture with twice the layers, to show memory does not follow model size.
 
     python benchmarks/merge_bench.py                 # full fixture (needs ~7 GB disk)
@@ -30,6 +32,7 @@ import yaml
 
 from mergelab.fixtures import write_llama_fixture
 from mergelab.io import open_checkpoint
+from mergelab.io.dtypes import to_compute
 
 METHODS = {
     "linear": {"base": False, "model_params": {"weight": 1.0}, "params": {}},
@@ -47,13 +50,13 @@ METHODS = {
 }
 
 
-def recipe(method: str, folders: list[Path]) -> dict:
+def recipe(method: str, folders: list[Path], dtype: str = "float32") -> dict:
     spec = METHODS[method]
     models = folders[1 : 1 + spec["models"]] if "models" in spec else folders[1:]
     out = {
         "merge_method": method,
         "models": [{"model": str(m), "parameters": dict(spec["model_params"])} for m in models],
-        "dtype": "float32",
+        "dtype": dtype,
     }
     if spec["base"]:
         out["base_model"] = str(folders[0])
@@ -74,16 +77,28 @@ def timed(cmd: list[str]) -> dict:
 
 
 def compare_outputs(a: Path, b: Path) -> dict:
-    """Max elementwise difference between two checkpoints and how many elements exceed 1e-5."""
+    """Max elementwise difference between two checkpoints, the elements over 1e-5 and how
+    many differ at all (values, whatever the stored dtype: bfloat16 is stored as bits)."""
+
+    def values(ckpt, name: str) -> np.ndarray:
+        raw, dtype = ckpt.read(name), ckpt.infos[name].dtype
+        return to_compute(raw, dtype, np.empty(raw.shape, np.float64))
+
     with open_checkpoint(a) as x, open_checkpoint(b) as y:
-        worst, where, over = 0.0, "", {}
+        worst, where, over, differ = 0.0, "", {}, 0
         for name in x.infos:
-            diff = np.abs(x.read(name).astype(np.float64) - y.read(name))
+            diff = np.abs(values(x, name) - values(y, name))
             if diff.size and diff.max() > worst:
                 worst, where = float(diff.max()), name
             if np.count_nonzero(diff > 1e-5):
                 over[name] = np.flatnonzero(diff > 1e-5)
-        return {"max_abs_diff": worst, "worst_tensor": where, "over_1e-5": over}
+            differ += int(np.count_nonzero(diff))
+        return {
+            "max_abs_diff": worst,
+            "worst_tensor": where,
+            "over_1e-5": over,
+            "values_differing": differ,
+        }
 
 
 def tied_at_threshold(folders: list[Path], over: dict[str, np.ndarray], density: float) -> bool:
@@ -129,9 +144,14 @@ def main() -> int:
     ap.add_argument("--no-mergekit", action="store_true", help="skip mergekit even if installed")
     ap.add_argument("--double", action="store_true", help="also run mergelab on 2x the layers")
     ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument(
+        "--dtype", default="float32", help="the recipes' dtype (mergekit's compute dtype)"
+    )
+    ap.add_argument("--compat", action="store_true", help="run mergelab with --compat mergekit")
     args = ap.parse_args()
 
     mergekit = None if args.no_mergekit else shutil.which("mergekit-yaml")
+    print(f"recipes in {args.dtype}; mergelab{' --compat mergekit' if args.compat else ''}")
     mergelab = [sys.executable, "-m", "mergelab.cli"]
     sizes = [args.layers] + ([2 * args.layers] if args.double else [])
     results = []
@@ -151,13 +171,13 @@ def main() -> int:
         )
         for method in args.methods:
             cfg = root / f"{method}.yaml"
-            cfg.write_text(yaml.safe_dump(recipe(method, folders), sort_keys=False))
+            cfg.write_text(yaml.safe_dump(recipe(method, folders, args.dtype), sort_keys=False))
             row = {"layers": layers, "method": method, "checkpoint_gb": round(gb, 3)}
             ours = root / f"out-mergelab-{method}"
             warm(folders)
-            row["mergelab"] = timed(
-                [*mergelab, "merge", str(cfg), "--out", str(ours), "--force", "--no-progress"]
-            )
+            compat = ["--compat", "mergekit"] if args.compat else []
+            command = [*mergelab, "merge", str(cfg), "--out", str(ours), "--force"]
+            row["mergelab"] = timed([*command, "--no-progress", *compat])
             if mergekit and layers == args.layers:
                 theirs = root / f"out-mergekit-{method}"
                 shutil.rmtree(theirs, ignore_errors=True)

@@ -53,14 +53,46 @@ def main() -> int:
                 differ += int(np.sum(a != b))
                 total += a.size
             print(f"{name:26s} {worst:18.2e} {differ:>8d} / {total} ({100 * differ / total:.1f} %)")
+        print("\nmergelab --compat mergekit: every deterministic recipe in float32, float16 and")
+        print("bfloat16 (mergekit computes in the recipe's dtype); values differing from mergekit")
+        print(f"{'recipe':40s} {'dtype':9s} {'--compat mergekit':>24s} {'without':>10s}")
+        same = runs = 0
+        for name, build in sorted(parity.COMPAT_RECIPES.items()):
+            for dtype in ("float32", "float16", "bfloat16"):
+                recipe = {**build(models), "dtype": dtype}
+                theirs, ours = _as_written(recipe, Path(tempfile.mkdtemp(dir=tmp)), *COMPAT)
+                plain = _as_written(recipe, Path(tempfile.mkdtemp(dir=tmp)))[1]
+                differ, total, _ = _differ(theirs, ours)
+                before = _differ(theirs, plain)[0]
+                same, runs = same + (differ == 0), runs + 1
+                print(
+                    f"{name:40s} {dtype:9s} {differ:>7d} / {total} ({100 * differ / total:5.2f} %)"
+                    f" {100 * before / total:8.2f} %"
+                )
+        print(f"same bytes with --compat mergekit: {same} of {runs}")
     return 0
 
 
-def _as_written(recipe: dict, work: Path) -> tuple[dict, dict]:
+COMPAT = ("--compat", "mergekit")
+
+
+def _differ(theirs: dict, ours: dict) -> tuple[int, int, float]:
+    """(values differing, values, largest difference relative to the tensor's largest)."""
+    differ = total = 0
+    worst = 0.0
+    for k in theirs:
+        a, b = ours[k], theirs[k]
+        worst = max(worst, float(np.abs(a - b).max()) / max(float(np.abs(b).max()), 1e-12))
+        differ += int(np.sum(a != b))
+        total += a.size
+    return differ, total, worst
+
+
+def _as_written(recipe: dict, work: Path, *options: str) -> tuple[dict, dict]:
     """Both tools' tensors as float64 (bfloat16 read through torch)."""
     from safetensors.torch import load_file
 
-    parity._both_files(recipe, work)
+    parity._both_files(recipe, work, *options)
     out = []
     for folder in (work / "mk", work / "ml"):
         tensors = {}

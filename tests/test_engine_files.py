@@ -179,19 +179,19 @@ def test_recipe_names_every_unsupported_field_in_one_line(tmp_path):
     bad = tmp_path / "r.yaml"
     bad.write_text(
         "merge_method: ties\nmodels: [{model: a, parameters: {weight: {x: 1}}}]\n"
-        "parameters: {density: [{filter: mlp}]}\ntokenizer: {source: union}\n"
+        "parameters: {density: [{filter: mlp}]}\n"
+        "tokenizer: {source: union, tokens: {x: {force: maybe}}}\n"
         "foo: 1\n"
     )
     with pytest.raises(MergeError) as err:
         Recipe.from_yaml(bad)
     allowed = (
-        "merge_method, models, slices, base_model, parameters, dtype, out_dtype, key, "
-        "strip_prefix, tokenizer_source, chat_template"
+        "merge_method, models, slices, base_model, parameters, dtype, out_dtype, compat, key, "
+        "strip_prefix, tokenizer_source, chat_template, tokenizer"
     )
     assert str(err.value) == (
         f"{bad}: not supported: "
-        "tokenizer: tokenizer merging (a merged vocabulary) is not supported; give "
-        "tokenizer_source: base, or a model's path; "
+        "tokenizer.tokens.x.force: Input should be a valid boolean, unable to interpret input; "
         f"foo: unknown key (allowed: {allowed}); "
         "parameters.density[0]: a filter is {filter: NAME, value: V} (filter optional); "
         "models[0].parameters.weight: a mapping; give filters as a list: "

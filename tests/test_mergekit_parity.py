@@ -18,6 +18,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from safetensors.numpy import load_file  # noqa: E402
+from safetensors.torch import load_file as torch_load_file  # noqa: E402
 
 from mergelab.cli import main  # noqa: E402
 
@@ -74,14 +75,15 @@ def models(tmp_path_factory) -> dict[str, str]:
     return out
 
 
-def _both_files(recipe: dict, tmp_path: Path) -> Path:
-    """Merge ``recipe`` with mergekit into ``tmp_path/mk`` and mergelab into ``.../ml``."""
+def _both_files(recipe: dict, tmp_path: Path, *options: str) -> Path:
+    """Merge ``recipe`` with mergekit into ``tmp_path/mk`` and mergelab (with ``options``)
+    into ``.../ml``."""
     config = mergekit_config.MergeConfiguration.model_validate(recipe)
     mk = tmp_path / "mk"
     mergekit_merge.run_merge(config, out_path=str(mk), options=mergekit_merge.MergeOptions())
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    assert main(["merge", str(path), "--out", str(tmp_path / "ml")]) == 0
+    assert main(["merge", str(path), "--out", str(tmp_path / "ml"), *options]) == 0
     return mk
 
 
@@ -333,6 +335,30 @@ MORE = {
     },
     "nuslerp weights summing to 0": lambda m: _nuslerp(m, True, False, False, (-0.5, 0.5)),
     "model_stock filter_wise": lambda m: _two(m, "model_stock", "base", filter_wise=True),
+    "slices with a base each": lambda m: {
+        "slices": [
+            {
+                "sources": [
+                    {"model": m["a"], "layer_range": [0, 2], "parameters": {"weight": 0.5}},
+                    {"model": m["b"], "layer_range": [2, 4], "parameters": {"weight": 0.5}},
+                    {"model": m["c"], "layer_range": [0, 2]},
+                ],
+                "base_model": m["c"],
+            },
+            {
+                "sources": [
+                    {"model": m["a"], "layer_range": [2, 4], "parameters": {"weight": 0.5}},
+                    {"model": m["b"], "layer_range": [0, 2], "parameters": {"weight": 0.5}},
+                    {"model": m["base"], "layer_range": [2, 4]},
+                ],
+                "base_model": m["base"],
+            },
+        ],
+        "merge_method": "ties",
+        "base_model": m["base"],
+        "parameters": {"density": 0.5},
+        "dtype": "float32",
+    },
     "passthrough scale filter": lambda m: {
         "merge_method": "passthrough",
         "models": [
@@ -394,3 +420,41 @@ def test_gpt2_and_granite(name, others, tmp_path):
     if name == "gpt2 stack":
         config = json.loads((tmp_path / "ml" / "config.json").read_text())
         assert config["n_layer"] == 8
+
+
+def _in(dtype: str, build):
+    return lambda m: {**build(m), "dtype": dtype}
+
+
+COMPAT_RECIPES = {
+    **{name: build for name, (build, _) in DETERMINISTIC.items() if "(float32)" not in name},
+    **MORE,
+    **EXAMPLES,
+}
+"""Every deterministic configuration and example: ``--compat mergekit`` gives mergekit's
+bytes in any dtype (``python benchmarks/mergekit_parity.py`` runs each in float32, float16
+and bfloat16; the test one dtype each, in turn, and the examples as written)."""
+COMPAT = {
+    **{f"{name} (as written)": build for name, build in EXAMPLES.items()},
+    **{
+        f"{name} ({dtype})": _in(dtype, build)
+        for (name, build), dtype in zip(
+            sorted(COMPAT_RECIPES.items()),
+            ["bfloat16", "float16", "float32"] * len(COMPAT_RECIPES),
+            strict=False,
+        )
+    },
+}
+
+
+@pytest.mark.parametrize("name", sorted(COMPAT))
+def test_compat_mergekit_gives_mergekits_bytes(name, models, tmp_path):
+    mk = _both_files(COMPAT[name](models), tmp_path, "--compat", "mergekit")
+    theirs, ours = {}, {}
+    for folder, into in ((mk, theirs), (tmp_path / "ml", ours)):
+        for f in sorted(folder.glob("*.safetensors")):
+            into |= torch_load_file(str(f))
+    assert set(ours) == set(theirs)
+    for k in theirs:
+        assert ours[k].dtype == theirs[k].dtype, k
+        assert torch.equal(ours[k], theirs[k]), f"{name}: {k} differs"

@@ -12,7 +12,15 @@ from safetensors.numpy import load_file, save_file
 from mergelab.cli import main
 from mergelab.engine import merge_state_dicts
 from mergelab.errors import MergeError
-from mergelab.schedules import evaluate, layer_of, positions, problems, resolve
+from mergelab.schedules import (
+    evaluate,
+    layer_of,
+    positions,
+    problems,
+    resolve,
+    stack_of,
+    stacks,
+)
 
 NAMES = [
     "model.embed_tokens.weight",
@@ -53,6 +61,94 @@ def test_layer_positions_from_names():
     assert t["model.layers.1.mlp.up_proj.weight"] == 0.5
     assert t["model.layers.2.mlp.up_proj.weight"] == 1.0
     assert t["model.embed_tokens.weight"] == t["model.norm.weight"] == 0.0  # mergekit: t = 0
+
+
+# A LLaVA with 3 text layers and 2 vision layers, as transformers 5 saves it.
+VLM = [
+    "language_model.model.embed_tokens.weight",
+    *(f"language_model.model.layers.{i}.self_attn.q_proj.weight" for i in range(3)),
+    "language_model.model.norm.weight",
+    "language_model.lm_head.weight",
+    "multi_modal_projector.linear_1.weight",
+    "vision_tower.embeddings.patch_embedding.weight",
+    *(f"vision_tower.encoder.layers.{i}.self_attn.q_proj.weight" for i in range(2)),
+    "vision_tower.post_layernorm.weight",
+]
+
+
+@pytest.mark.parametrize(
+    "name, layer, stack",
+    [
+        ("language_model.model.layers.7.mlp.up_proj.weight", 7, "language_model.model.layers."),
+        ("model.language_model.layers.7.mlp.up_proj.weight", 7, "model.language_model.layers."),
+        ("vision_tower.encoder.layers.3.mlp.fc1.weight", 3, "vision_tower.encoder.layers."),
+        (
+            "vision_tower.vision_model.encoder.layers.3.mlp.fc1.weight",
+            3,
+            "vision_tower.vision_model.encoder.layers.",
+        ),
+        ("model.visual.blocks.5.attn.qkv.weight", 5, "model.visual.blocks."),  # Qwen2-VL
+        ("encoder.block.2.layer.0.SelfAttention.q.weight", 2, "encoder.block."),  # T5
+        ("model.layers.0.block_sparse_moe.experts.3.w1.weight", 0, "model.layers."),
+        ("multi_modal_projector.linear_1.weight", None, None),
+        ("language_model.lm_head.weight", None, None),
+        ("vision_tower.embeddings.position_embedding.weight", None, None),
+    ],
+)
+def test_layer_and_stack_of_vlm_and_encoder_decoder_names(name, layer, stack):
+    assert layer_of(name) == layer
+    assert stack_of(name) == stack
+
+
+def test_each_layer_stack_has_its_own_positions():
+    """mergekit gives each module (text decoder, vision tower) its own layers: text layer i
+    of 3 at i / 2, vision layer i of 2 at i / 1; the rest at 0."""
+    assert stacks(VLM) == {"language_model.model.layers.": 3, "vision_tower.encoder.layers.": 2}
+    assert stacks(NAMES) == {"model.layers.": 3}
+    t = positions(VLM)
+    assert [t[f"language_model.model.layers.{i}.self_attn.q_proj.weight"] for i in range(3)] == [
+        0.0,
+        0.5,
+        1.0,
+    ]
+    assert [t[f"vision_tower.encoder.layers.{i}.self_attn.q_proj.weight"] for i in range(2)] == [
+        0.0,
+        1.0,
+    ]
+    assert {t[n] for n in VLM if layer_of(n) is None} == {0.0}
+    one = positions(["a.layers.0.w", "b.layers.0.w", "b.layers.1.w"])
+    assert one == {"a.layers.0.w": 1.0, "b.layers.0.w": 0.0, "b.layers.1.w": 1.0}  # n = 1: t = 1
+
+
+def test_a_gradient_over_a_vlm():
+    got = resolve({"t": [0, 1]}, [{}], VLM)
+    assert got["language_model.model.layers.1.self_attn.q_proj.weight"][0] == {"t": 0.5}
+    assert got["vision_tower.encoder.layers.1.self_attn.q_proj.weight"][0] == {"t": 1.0}
+    assert got["multi_modal_projector.linear_1.weight"][0] == {"t": 0.0}
+
+
+def test_slices_refuse_a_checkpoint_with_several_layer_stacks(tmp_path, capsys):
+    """A layer range would cut the text and vision layers at once (mergekit refuses too)."""
+    rng = np.random.default_rng(0)
+    save_file(
+        {n: rng.normal(size=(2, 2)).astype(np.float32) for n in VLM},
+        str(tmp_path / "v.safetensors"),
+    )
+    recipe = {
+        "slices": [
+            {"sources": [{"model": str(tmp_path / "v.safetensors"), "layer_range": [0, 2]}]}
+        ],
+        "merge_method": "passthrough",
+    }
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    assert main(["merge", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "o.safetensors")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        "\n" not in err
+        and "v.safetensors: 2 layer stacks (language_model.model.layers.N (3 " in err
+    )
+    assert "vision_tower.encoder.layers.N (2 layers)" in err and "models: instead" in err
+    assert not (tmp_path / "o.safetensors").exists()
 
 
 def test_a_models_unmatched_filter_falls_back_to_the_global_value():

@@ -41,9 +41,12 @@ def _merge_parser(sub: argparse._SubParsersAction) -> None:
             "Merge checkpoints from a recipe YAML (mergekit-style) or from options. A folder "
             "output of Hugging Face model folders also gets the base's (else the first "
             "model's) config.json, generation_config.json and tokenizer files, so "
-            "transformers loads it. "
+            "transformers loads it (with a merged vocabulary for tokenizer_source: union or "
+            "tokenizer:). "
             "Examples: mergelab merge recipe.yaml --out merged/ ; "
-            "mergelab merge --method ties --base B --models A1 A2 --param density=0.2 --out M/"
+            "mergelab merge --method ties --base B --models A1 A2 --param density=0.2 --out M/ ; "
+            "mergelab merge mergekit.yml --out M/ --compat mergekit (mergekit's arithmetic, "
+            "its bytes)"
         ),
     )
     p.add_argument("recipe", nargs="?", help="recipe YAML (merge_method, base_model, models, ...)")
@@ -58,7 +61,17 @@ def _merge_parser(sub: argparse._SubParsersAction) -> None:
         metavar="NAME=VALUE",
         help="method parameter; per-model ones (weight, density) apply to every model",
     )
-    p.add_argument("--dtype", help="output dtype of floating tensors (needed for mixed inputs)")
+    p.add_argument(
+        "--dtype",
+        help="output dtype of floating tensors (needed for mixed inputs); with --compat "
+        "mergekit also the compute dtype",
+    )
+    p.add_argument(
+        "--compat",
+        choices=["mergekit"],
+        help="mergekit: compute in the recipe's dtype (else the inputs') as mergekit does, "
+        "for its bytes; default: float32 throughout, rounded once (more accurate)",
+    )
     p.add_argument("--key", help="torch checkpoints: dotted key of the state dict (detected)")
     p.add_argument("--strip-prefix", help="torch checkpoints: prefix to strip (module. detected)")
     p.add_argument(
@@ -115,7 +128,7 @@ def _recipe_from_args(args: argparse.Namespace):
             for e, w in zip(recipe.models, args.weights, strict=True)
         ]
     update = {"parameters": params}
-    for name in ("dtype", "key", "strip_prefix"):
+    for name in ("dtype", "compat", "key", "strip_prefix"):
         if getattr(args, name) is not None:
             update[name] = getattr(args, name)
     return recipe.model_copy(update=update)

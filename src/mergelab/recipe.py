@@ -10,24 +10,28 @@ parameters: {lambda: 1.0}     # global; also the default of per-model parameters
 dtype: float32                # output dtype of floating tensors (needed for mixed inputs)
 
 mergekit's own keys are read too: ``out_dtype`` (the output dtype; ``dtype`` is then
-mergekit's compute dtype, and mergelab keeps its float32 sums), ``tokenizer_source`` and
+mergekit's compute dtype, and mergelab keeps its float32 sums unless ``compat: mergekit``
+asks for mergekit's arithmetic, byte for byte), ``tokenizer_source`` and
 ``chat_template`` (folder outputs: :mod:`mergelab.io.hf_folder`), per-layer gradients and
 name filters as parameter values (:mod:`mergelab.schedules`), ``slices`` of layers instead
-of ``models`` (:mod:`mergelab.engine.slices`), ``int8_mask`` (ignored, with a note). What
-mergelab does not do yet (``tokenizer``) is refused, every such field named in one line.
+of ``models`` (:mod:`mergelab.engine.slices`), ``int8_mask`` (ignored, with a note),
+``tokenizer_source: union`` and ``tokenizer`` (merged vocabularies:
+:mod:`mergelab.io.tokenizer_merge`). What mergelab does not do yet is refused, every such
+field named in one line.
 """
 
 from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, PrivateAttr, field_validator
 
 from mergelab import schedules
 from mergelab.errors import MergeError
+from mergelab.io.tokenizer_merge import TokenizerSettings, tokenizer_problems
 from mergelab.yamlfile import read_mapping, validate
 
 Scalar = float | int | bool | str
@@ -49,10 +53,8 @@ IGNORED_PARAMETERS = {
     "here: mergelab streams tensor by tensor; ignored",
 }
 """mergekit parameters accepted and ignored, with what the user is told."""
-UNSUPPORTED_KEYS = {
-    "tokenizer": "tokenizer merging (a merged vocabulary) is not supported; give "
-    "tokenizer_source: base, or a model's path",
-}
+LOW_PRECISION = {"float16", "fp16", "half", "f16", "bfloat16", "bf16"}
+UNSUPPORTED_KEYS: dict[str, str] = {}
 """mergekit recipe keys mergelab does not do yet, and why."""
 
 
@@ -74,6 +76,8 @@ class SliceDef(BaseModel):
 
     sources: list[SliceSource]
     parameters: dict[str, Setting] = {}
+    base_model: str | None = None
+    """This slice's base (one of its sources), instead of the recipe's ``base_model``."""
 
 
 class Recipe(BaseModel):
@@ -91,17 +95,26 @@ class Recipe(BaseModel):
     """The output dtype of floating tensors (mergelab computes in float32 or float64)."""
     out_dtype: str | None = None
     """mergekit's name for the output dtype; given with ``dtype``, ``dtype`` is mergekit's
-    compute dtype, which mergelab does not lower (its sums stay in float32 or float64)."""
+    compute dtype, which mergelab does not lower (its sums stay in float32 or float64)
+    unless ``compat`` is ``mergekit``."""
+    compat: Literal["mergekit"] | None = None
+    """``mergekit``: compute as mergekit does, in the recipe's ``dtype`` (else the inputs'),
+    rounding where mergekit's torch code rounds (``mergelab merge --compat mergekit``).
+    Unset: float32 (float64) throughout, rounded once to the output dtype: more accurate."""
     key: str | None = None
     """Torch checkpoints: dotted key of the state dict inside the file (detected if unset)."""
     strip_prefix: str | None = None
     """Torch checkpoints: prefix removed from every name (``module.`` detected if unset)."""
     tokenizer_source: str | None = None
     """Folder outputs: the tokenizer files' source, ``base`` or a model's path (default:
-    the folder the config comes from)."""
+    the folder the config comes from); ``union``, or vocabularies that differ: merged."""
     chat_template: str | None = None
     """Folder outputs: a Jinja chat template (or ``chatml``) for tokenizer_config.json."""
+    tokenizer: TokenizerSettings | None = None
+    """mergekit's tokenizer merging (:mod:`mergelab.io.tokenizer_merge`): the output
+    vocabulary's ``source`` (``union``, ``base``, a model), ``tokens``, ``pad_to_multiple_of``."""
     _notes: list[str] = PrivateAttr(default_factory=list)
+    _from_file: bool = PrivateAttr(default=False)  # a YAML recipe reads as mergekit's
 
     @field_validator("models", mode="before")
     @classmethod
@@ -122,7 +135,8 @@ class Recipe(BaseModel):
     @property
     def notes(self) -> list[str]:
         """What was accepted and ignored, or read differently from mergekit."""
-        return list(self._notes)
+        note = self.compute_note
+        return [*self._notes, *([note] if note else [])]
 
     @property
     def output_dtype(self) -> str | None:
@@ -134,13 +148,31 @@ class Recipe(BaseModel):
         data = read_mapping(path, "recipe")
         data, notes = _mergekit_options(data, path)
         recipe = validate(cls, data, path, "recipe")
-        if recipe.out_dtype is not None and recipe.dtype is not None:
-            notes.append(
-                f"dtype: {recipe.dtype} is mergekit's compute dtype; mergelab computes in "
-                f"float32 (float64 for float64 inputs) and writes out_dtype {recipe.out_dtype}"
-            )
         recipe._notes = notes
+        recipe._from_file = True
         return recipe
+
+    @property
+    def is_mergekit_file(self) -> bool:
+        """Read from a YAML file, which mergelab reads as mergekit's (notes say where the
+        two read it differently)."""
+        return self._from_file
+
+    @property
+    def compute_note(self) -> str | None:
+        """How the arithmetic differs from mergekit's for this recipe's dtypes, if it does:
+        mergekit computes in ``dtype``; mergelab, unless ``compat: mergekit``, in float32."""
+        if not self.is_mergekit_file or self.compat == "mergekit" or self.dtype is None:
+            return None
+        low = self.dtype.strip().lower() in LOW_PRECISION
+        if self.out_dtype is None and not low:
+            return None
+        writes = f"writes out_dtype {self.out_dtype}" if self.out_dtype else "rounds once"
+        return (
+            f"dtype: {self.dtype} is mergekit's compute dtype; mergelab computes in float32 "
+            f"(float64 for float64 inputs) and {writes}"
+            + ("; --compat mergekit computes as mergekit does" if low else "")
+        )
 
     def to_yaml(self, header: str = "") -> str:
         body = yaml.safe_dump(self.model_dump(exclude_defaults=True), sort_keys=False)
@@ -152,6 +184,7 @@ def _mergekit_options(data: dict, path: Path) -> tuple[dict, list[str]]:
     each), after refusing, all in one line, every mergekit feature it does not do (such as
     ``tokenizer``), every unknown key and every malformed schedule."""
     problems = [f"{k}: {why}" for k, why in UNSUPPORTED_KEYS.items() if k in data]
+    problems += tokenizer_problems(data)
     allowed = ", ".join(Recipe.model_fields)
     problems += [
         f"{k}: unknown key (allowed: {allowed})"

@@ -12,11 +12,16 @@ A recipe parameter (global, or one model's) is a number (or word), or:
   matches, the parameter falls back as if absent here: a model's own value to the global
   one, the global one to the method's default.
 
-Tensors outside the layers (embeddings, the final norm, the LM head) sit at ``t = 0``, as
-mergekit's "pre" and "post" weights do. The layer index comes from the tensor's name:
-``model.layers.N.`` (Llama, Mistral, Qwen2, Gemma, Granite, and most decoders),
-``transformer.h.N.`` (GPT-2), ``...blocks.N.`` / ``...layer.N.`` (ViT, BERT-style
-encoders). Source: mergekit 0.1.5, ``config.evaluate_setting`` and ``plan.plan_slice``.
+Tensors outside the layers (embeddings, the final norm, the LM head, a VLM's projector)
+sit at ``t = 0``, as mergekit's "pre" and "post" weights do. The layer index comes from the
+tensor's name: ``model.layers.N.`` (Llama, Mistral, Qwen2, Gemma, Granite, and most
+decoders), ``transformer.h.N.`` (GPT-2), ``...blocks.N.`` / ``...block.N.`` / ``...layer.N.``
+(ViT, T5, BERT-style encoders). The name before the index is the layer's **stack**: a VLM
+has two (LLaVA: ``language_model.model.layers.`` and ``vision_tower.encoder.layers.``; in
+the model layout ``model.language_model.layers.`` and ``model.vision_tower.encoder.layers.``),
+an encoder-decoder two, and ``n`` counts the layers of the tensor's own stack, as mergekit
+gives each module (its text decoder, vision tower, ...) its own layers. Source: mergekit
+0.1.5, ``config.evaluate_setting``, ``plan.plan_slice`` and ``architecture.auto``.
 """
 
 from __future__ import annotations
@@ -27,9 +32,20 @@ from typing import Any
 
 from mergelab.errors import MergeError
 
-__all__ = ["LAYER", "concrete", "evaluate", "is_schedule", "layer_of", "problems", "resolve"]
+__all__ = [
+    "LAYER",
+    "concrete",
+    "evaluate",
+    "is_schedule",
+    "layer_of",
+    "positions",
+    "problems",
+    "resolve",
+    "stack_of",
+    "stacks",
+]
 
-LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.")
+LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks|block|layer)\.(\d+)\.")
 Scalar = float | int | bool | str
 
 
@@ -41,6 +57,26 @@ def layer_of(name: str) -> int | None:
     """The layer index in a tensor's name (``model.layers.7.mlp...`` -> 7), or None."""
     m = LAYER.search(name)
     return int(m.group(1)) if m else None
+
+
+def stack_of(name: str) -> str | None:
+    """The layer stack of a tensor: its name up to the layer index
+    (``vision_tower.encoder.layers.1.mlp...`` -> ``vision_tower.encoder.layers.``), or None
+    outside the layers."""
+    m = LAYER.search(name)
+    return name[: m.start(1)] if m else None
+
+
+def stacks(names: Iterable[str]) -> dict[str, int]:
+    """Each layer stack among ``names`` and its layer count (one more than its largest
+    index), in order of first appearance."""
+    counts: dict[str, int] = {}
+    for n in names:
+        m = LAYER.search(n)
+        if m is not None:
+            stack = n[: m.start(1)]
+            counts[stack] = max(counts.get(stack, 0), int(m.group(1)) + 1)
+    return counts
 
 
 def _scalar(v: Any) -> bool:
@@ -91,13 +127,19 @@ def evaluate(value: Any, tensor: str, t: float) -> Scalar | None:
 
 
 def positions(names: Iterable[str]) -> dict[str, float]:
-    """``t`` of every tensor: its layer's place among the layers, 0 outside them."""
+    """``t`` of every tensor: its layer's place among the layers of its stack (a VLM's
+    vision layer i of 24 at i / 23 beside text layers at i / 31, as mergekit's modules),
+    0 outside the layers."""
     names = list(names)
-    layers = {n: layer_of(n) for n in names}
-    count = max((i for i in layers.values() if i is not None), default=-1) + 1
-    return {
-        n: 0.0 if i is None else (i / (count - 1) if count > 1 else 1.0) for n, i in layers.items()
-    }
+    count = stacks(names)
+    out = {}
+    for n in names:
+        stack, i = stack_of(n), layer_of(n)
+        if stack is None or i is None:
+            out[n] = 0.0
+        else:
+            out[n] = i / (count[stack] - 1) if count[stack] > 1 else 1.0
+    return out
 
 
 def _gradients(params: Mapping[str, Any]) -> list[str]:

@@ -13,7 +13,8 @@ from safetensors.numpy import load_file, save_file
 
 from mergelab.cli import main
 from mergelab.engine import merge_state_dicts
-from mergelab.io.hf_folder import CHATML
+from mergelab.errors import MergeError
+from mergelab.io.hf_folder import CHATML, companion_files
 
 CONFIG = {"model_type": "llama", "hidden_size": 4, "num_hidden_layers": 2}
 
@@ -119,7 +120,7 @@ def test_force_replaces_only_what_mergelab_wrote(models: Path, capsys):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        ({"tokenizer_source": "union"}, "tokenizer_source: union (a merged vocabulary)"),
+        ({"tokenizer_source": "union"}, "tokenizer_source: cannot load the tokenizer of"),
         ({"tokenizer_source": "ft1"}, "tokenizer_source: ft1 is not a folder"),
         ({"chat_template": "vicuna"}, "chat_template: 'vicuna' is neither a Jinja template"),
     ],
@@ -177,3 +178,94 @@ def test_transformers_loads_the_merge(tmp_path: Path):
     assert tokenizer("hello world")["input_ids"] == [3, 4]
     text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
     assert text == "<|im_start|>user\nhi<|im_end|>\n"
+
+
+@pytest.mark.parametrize(
+    "config, where",
+    [
+        ({"num_hidden_layers": 2, "text_config": {"num_hidden_layers": 2}}, []),
+        (  # LLaVA, Gemma 3, Mistral 3: the text decoder's count, the vision tower's kept
+            {"text_config": {"num_hidden_layers": 2}, "vision_config": {"num_hidden_layers": 2}},
+            ["text_config"],
+        ),
+        (
+            {"llm_config": {"num_hidden_layers": 2}, "vision_config": {"num_layers": 2}},
+            ["llm_config"],
+        ),
+    ],
+)
+def test_the_stacked_layer_count_goes_where_the_config_keeps_it(tmp_path: Path, config, where):
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    files, notes = companion_files(str(tmp_path), [], layers=5)
+    expected = json.loads(json.dumps(config))
+    holder = expected
+    for key in where:
+        holder = holder[key]
+    holder["num_hidden_layers"] = 5
+    assert json.loads(files["config.json"]) == expected
+    assert f"config.json: {''.join(k + '.' for k in where)}num_hidden_layers 2 -> 5" in notes[-1]
+
+
+def test_a_config_without_a_layer_count_is_one_line(tmp_path: Path):
+    (tmp_path / "config.json").write_text(json.dumps({"vision_config": {"num_hidden_layers": 2}}))
+    with pytest.raises(MergeError) as info:
+        companion_files(str(tmp_path), [], layers=5)
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path}/config.json: no layer count") and "\n" not in message
+    assert "text_config" in message
+
+
+def test_stacked_slices_of_a_nested_text_config(models: Path, tmp_path: Path):
+    """A folder whose config nests its decoder's (``text_config``): the stacked count lands
+    there."""
+    config = {"model_type": "llava", "text_config": {"num_hidden_layers": 2}}
+    (models / "base" / "config.json").write_text(json.dumps(config))
+    source = {"model": str(models / "base"), "layer_range": [0, 2]}
+    recipe = tmp_path / "stack.yaml"
+    recipe.write_text(
+        json.dumps({"slices": [{"sources": [source]}] * 2, "merge_method": "passthrough"})
+    )
+    assert main(["merge", str(recipe), "--out", str(tmp_path / "o")]) == 0
+    written = json.loads((tmp_path / "o" / "config.json").read_text())
+    assert written == {"model_type": "llava", "text_config": {"num_hidden_layers": 4}}
+    assert len(load_file(str(tmp_path / "o" / "model.safetensors"))) == 4
+
+
+@pytest.mark.parametrize(
+    "config, written",
+    [
+        ({"dtype": "float32", "n_layer": 2}, {"dtype": "bfloat16", "n_layer": 2}),  # transformers 5
+        ({"torch_dtype": "float32"}, {"torch_dtype": "bfloat16"}),  # transformers 4
+        (
+            {"dtype": "float32", "torch_dtype": "float32"},
+            {"dtype": "bfloat16", "torch_dtype": "bfloat16"},
+        ),
+        ({"model_type": "llama"}, {"model_type": "llama", "torch_dtype": "bfloat16"}),
+    ],
+)
+def test_the_config_names_the_outputs_dtype(tmp_path: Path, config, written):
+    """As mergekit sets ``torch_dtype`` to the recipe's dtype: transformers then loads the
+    weights in it."""
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    files, notes = companion_files(str(tmp_path), [], dtype="bfloat16")
+    assert json.loads(files["config.json"]) == written
+    assert "-> bfloat16 (the output's dtype)" in notes[-1]
+
+
+def test_a_config_already_in_the_dtype_is_copied_as_is(tmp_path: Path):
+    raw = b'{"dtype":"bfloat16",  "hidden_size": 4}'
+    (tmp_path / "config.json").write_bytes(raw)
+    files, notes = companion_files(str(tmp_path), [], dtype="BF16")
+    assert files["config.json"] == raw and len(notes) == 1
+
+
+def test_layers_and_dtype_together(tmp_path: Path):
+    config = {"dtype": "float32", "text_config": {"num_hidden_layers": 2}}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    files, _ = companion_files(str(tmp_path), [], layers=6, dtype="float16")
+    assert json.loads(files["config.json"]) == {
+        "dtype": "float16",
+        "text_config": {"num_hidden_layers": 6},
+    }
+    with pytest.raises(MergeError, match=r"^dtype: unknown dtype 'float7'"):
+        companion_files(str(tmp_path), [], dtype="float7")

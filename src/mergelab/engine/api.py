@@ -55,8 +55,12 @@ def open_recipe(recipe: Recipe) -> MergePlan:
                     f"{base_path} is the base and the only model; list the models to merge "
                     f"besides it"
                 )
+    vocab = _recipe_vocabulary(recipe)
     base = open_checkpoint(base_path, **options) if base_path is not None else None
     models = [open_checkpoint(e.model, **options) for e in entries]
+    spare = None
+    if vocab is not None:
+        models, base, spare = _vocabulary_views(recipe, vocab, entries, models, base, notes)
     plan = build_plan(
         recipe.merge_method,
         models,
@@ -69,7 +73,47 @@ def open_recipe(recipe: Recipe) -> MergePlan:
     plan.notes += notes
     if base is not None and plan.base is None:
         base.close()  # the method ignores the base: its header was checked, nothing more
+    if spare is not None:
+        spare.close()
     return plan
+
+
+def _recipe_vocabulary(recipe: Recipe) -> Any:
+    """The recipe's merged vocabulary (:mod:`mergelab.engine.vocab`), or None."""
+    if recipe.tokenizer is None and recipe.tokenizer_source is None:
+        return None
+    from mergelab.engine.vocab import recipe_vocabulary
+
+    return recipe_vocabulary(recipe)
+
+
+def _vocabulary_views(
+    recipe: Recipe, vocab: Any, entries: list[Any], models: list[Any], base: Any, notes: list[str]
+) -> tuple[list[Any], Any, Any]:
+    """The models and base seen through the merged vocabulary, and the base when it only
+    serves the vocabulary (listed among the models of a method that reads no base, as
+    mergekit's tests write linear merges): then not passed to the plan, closed after."""
+    from mergelab.engine.vocab import recipe_views
+
+    pairs = [(e.model, m) for e, m in zip(entries, models, strict=True)]
+    if base is not None:
+        pairs.append((str(recipe.base_model), base))
+    views, more = recipe_views(recipe, vocab, pairs)
+    notes += more
+    models = views[: len(entries)]
+    base = views[len(entries)] if base is not None else None
+    listed = {Path(e.model).resolve() for e in entries}
+    if (
+        base is not None
+        and method_class(recipe.merge_method).base_policy == "unused"
+        and Path(str(recipe.base_model)).resolve() in listed
+    ):
+        notes.append(
+            f"{recipe.base_model}: base of the merged vocabulary; merged as a model "
+            f"({recipe.merge_method} reads no base)"
+        )
+        return models, None, base
+    return models, base, None
 
 
 def _absolute(recipe: Recipe) -> Recipe:
@@ -84,7 +128,14 @@ def _absolute(recipe: Recipe) -> Recipe:
             "slices": None
             if recipe.slices is None
             else [
-                sl.model_copy(update={"sources": [entry(s) for s in sl.sources]})
+                sl.model_copy(
+                    update={
+                        "sources": [entry(s) for s in sl.sources],
+                        "base_model": None
+                        if sl.base_model is None
+                        else str(Path(sl.base_model).resolve()),
+                    }
+                )
                 for sl in recipe.slices
             ],
             "base_model": None
@@ -129,6 +180,11 @@ def open_plans(recipe: Recipe) -> tuple[list[MergePlan], int | None]:
         raise MergeError("give either models or slices (exactly one of them), not both")
     if not recipe.slices:
         return [open_recipe(recipe)], None
+    if _recipe_vocabulary(recipe) is not None:
+        raise MergeError(
+            "slices: not supported with a merged vocabulary (tokenizer, tokenizer_source: "
+            "union, or tokenizers that differ); give models instead of slices"
+        )
     from mergelab.engine.slices import plan_slices
 
     plans, layers = plan_slices(recipe, {"key": recipe.key, "strip_prefix": recipe.strip_prefix})
@@ -146,7 +202,9 @@ def companions(
     """The config and tokenizer files a folder output gets beside its tensors
     (:mod:`mergelab.io.hf_folder`), and notes on them; none for a single-file output."""
     if is_file_output(out):
-        asked = [k for k in ("tokenizer_source", "chat_template") if getattr(recipe, k)]
+        asked = [
+            k for k in ("tokenizer_source", "tokenizer", "chat_template") if getattr(recipe, k)
+        ]
         if asked:
             raise MergeError(
                 f"{', '.join(asked)}: written only into a folder output (--out DIR); "
@@ -156,14 +214,25 @@ def companions(
     from mergelab.io.hf_folder import companion_files
     from mergelab.io.output import written_by_mergelab
 
+    vocab = _recipe_vocabulary(recipe)
+    if vocab is not None and not copy_tokenizer:
+        raise MergeError(
+            "--no-copy-tokenizer: the vocabulary is merged (tokenizer_source / tokenizer:), so "
+            "the merged rows follow a tokenizer no input has: leave the option out"
+        )
     files, notes = companion_files(
         recipe.base_model,
         recipe.inputs,
-        tokenizer_source=recipe.tokenizer_source,
-        chat_template=recipe.chat_template,
-        copy_tokenizer=copy_tokenizer,
+        tokenizer_source=recipe.tokenizer_source if vocab is None else None,
+        chat_template=recipe.chat_template if vocab is None else None,
+        copy_tokenizer=copy_tokenizer and vocab is None,
         layers=layers,
+        dtype=recipe.output_dtype,
     )
+    if vocab is not None:
+        from mergelab.io.tokenizer_merge import merged_companions
+
+        files, notes = merged_companions(vocab, files, notes, recipe.chat_template)
     folder = Path(out)
     theirs = [n for n in files if (folder / n).exists() and not written_by_mergelab(folder / n)]
     if theirs:
@@ -195,7 +264,9 @@ def merge(
         recipe = Recipe.from_yaml(recipe)
     plans, layers = open_plans(recipe)
     plan = plans[0]
-    for note in recipe.notes:
+    # What was accepted and ignored, or read differently from mergekit (the recipe's and
+    # the plans' notes; all of them also go into the recipe record).
+    for note in dict.fromkeys([*recipe.notes, *(n for p in plans for n in p.notes)]):
         print(f"mergelab: note: {note}", file=sys.stderr)
     try:
         files, file_notes = companions(recipe, out, copy_tokenizer=copy_tokenizer, layers=layers)

@@ -22,7 +22,7 @@ from mergelab.engine import plan as plan_module
 from mergelab.engine.plan import MergePlan, TensorPlan
 from mergelab.errors import MergeError
 from mergelab.io.checkpoint import ArrayCheckpoint, Checkpoint
-from mergelab.io.dtypes import STORAGE, dtype_name, from_compute, to_compute
+from mergelab.io.dtypes import STORAGE, dtype_name, from_compute, round_to, to_compute
 from mergelab.methods import (
     DeltaAccess,
     MergeMethod,
@@ -84,6 +84,8 @@ class _Reader:
         # A sum is finite only if every value is (or it overflowed): cheap test, exact confirm.
         if out.size and not math.isfinite(float(out.sum())) and not np.isfinite(out).all():
             raise MergeError(f"{ckpt.label}: tensor {t.name!r} contains NaN or Inf")
+        if t.rounding is not None:  # mergekit casts its inputs to the compute dtype
+            round_to(out, t.rounding)
         return out
 
     def read(self, ckpt: Checkpoint, t: TensorPlan, start: int, stop: int) -> np.ndarray:
@@ -95,6 +97,8 @@ class _Reader:
         values = self.read(self.plan.models[i], t, start, stop)
         if self.plan.base is not None:
             values -= self.read(self.plan.base, t, start, stop) if base is None else base
+            if t.rounding is not None:  # the task vector, computed in the compute dtype
+                round_to(values, t.rounding)
         return values
 
 
@@ -216,7 +220,9 @@ class _Run:
         def stream(i: int) -> Iterator[tuple[TensorContext, np.ndarray]]:
             for t in self.merged:
                 for start, stop in _chunks(t.numel, False):
-                    ctx = TensorContext(t.name, t.shape, start, model_offset=t.model_offset)
+                    ctx = TensorContext(
+                        t.name, t.shape, start, model_offset=t.model_offset, rounding=t.rounding
+                    )
                     yield ctx, reader.delta(i, t, start, stop)
 
         total = sum(t.numel for t in self.merged)
@@ -245,6 +251,8 @@ class _Run:
                     reader.read_into(ckpt, t, start, stack[i])
                 if plan.base is not None and not raw:
                     stack -= reader.read(plan.base, t, start, stop)
+                    if t.rounding is not None:
+                        round_to(stack, t.rounding)
                 yield start, stack
 
         access = DeltaAccess(
@@ -303,6 +311,9 @@ class _Run:
         out = method.merge(stack, base, ctx)
         if slot is not None:
             self.slots.give(slot)
+        if t.rounding is not None and method.mergekit_result_dtype is None:
+            # mergekit's result is in its compute dtype
+            out = round_to(np.array(out, dtype=t.compute_dtype), t.rounding)
         _check_output(t, np.asarray(out), method)
         self.sink.write(t.name, ctx.start, from_compute(np.asarray(out).reshape(-1), t.out_dtype))
 
@@ -324,7 +335,9 @@ class _Run:
                 if not t.merged:
                     self.copy(t, start, loaded)
                     continue
-                ctx = TensorContext(t.name, t.shape, start, model_offset=t.model_offset)
+                ctx = TensorContext(
+                    t.name, t.shape, start, model_offset=t.model_offset, rounding=t.rounding
+                )
                 if model_stats is not None:
                     ctx.model_stats = method.model_stats_for(model_stats, ctx)
                 if plan.method_for(t.name).uses_tensor_statistics:

@@ -19,7 +19,14 @@ from mergelab import schedules
 from mergelab.checks import finite_number
 from mergelab.errors import MergeError
 from mergelab.io.checkpoint import Checkpoint
-from mergelab.io.dtypes import STORAGE, compute_dtype, dtype_name, is_float, parse_dtype
+from mergelab.io.dtypes import (
+    STORAGE,
+    compute_dtype,
+    dtype_name,
+    is_float,
+    parse_dtype,
+    promoted,
+)
 from mergelab.methods import MergeMethod, get_method
 from mergelab.recipe import Recipe
 
@@ -38,6 +45,11 @@ class TensorPlan:
     compute_dtype: np.dtype
     merged: bool
     model_offset: int = 0
+    rounding: str | None = None
+    """``--compat mergekit``: the dtype mergekit computes in; inputs, the method's
+    intermediate results where mergekit's rounds them, and the result are rounded to it
+    (float16/bfloat16; float32 and float64 follow mergekit's order of operations). None:
+    mergelab's own arithmetic, rounded once to the output dtype."""
 
     @property
     def numel(self) -> int:
@@ -106,7 +118,13 @@ class MergePlan:
         else:
             peak = size * (2 * n_in + 3)
             shape = t.shape
+        if t.rounding is not None:
+            peak += method.mergekit_workspace_bytes(t.numel, len(self.models))
         return peak + method.workspace_bytes(t.name, shape, len(self.models), itemsize)
+
+    @property
+    def _compat(self) -> bool:
+        return any(t.rounding is not None for t in self.tensors)
 
     def describe(self, verbose: bool = False) -> str:
         """The dry-run report: what would be read, computed and written."""
@@ -128,8 +146,19 @@ class MergePlan:
             f"read        {_size(self.bytes_read)}",
             f"write       {_size(self.bytes_written)}",
             f"peak memory ~{_size(self.peak_bytes_estimate())} for the merge "
-            f"(plus the Python runtime, ~0.1 GB)",
+            f"(plus the Python runtime, ~0.1 GB"
+            + (
+                "; up to ~0.6 GB more for torch, where mergekit's kernels need it)"
+                if self._compat
+                else ")"
+            ),
         ]
+        rounded = sorted({dtype_name(t.rounding) for t in self.tensors if t.rounding})
+        if rounded:
+            lines.append(
+                f"compute     {', '.join(rounded)} as mergekit does (--compat mergekit): "
+                f"its order of operations, rounded where its torch code rounds"
+            )
         lines += [f"note        {n}" for n in self.notes]
         shown = self.tensors if verbose else self.tensors[:MAX_LISTED]
         for t in shown:
@@ -304,6 +333,40 @@ def _listing(names: list[str]) -> str:
     return shown + (f", ... ({len(names) - MAX_LISTED} more)" if len(names) > MAX_LISTED else "")
 
 
+def _mergekit_compute(recipe: Recipe, dtypes: set[str]) -> tuple[np.dtype, str | None]:
+    """mergekit's compute dtype for a tensor stored in ``dtypes``: the recipe's ``dtype``,
+    else the inputs' promoted dtype; as (the array dtype mergelab computes in, the dtype
+    it rounds to where mergekit's torch code rounds, or None)."""
+    name = _mergekit_compute_name(recipe, dtypes)
+    return np.dtype(np.float64 if name == "F64" else np.float32), name
+
+
+MERGEKIT_METHODS = frozenset(
+    {
+        "arcee_fusion", "breadcrumbs", "breadcrumbs_ties", "dare_linear", "dare_ties", "della",
+        "della_linear", "karcher", "linear", "model_stock", "multislerp", "nearswap",
+        "nuslerp", "passthrough", "ram", "ramplus_tl", "sce", "slerp", "task_arithmetic",
+        "ties",
+    }
+)  # fmt: skip
+"""The methods mergekit 0.1.5 has under the same name (``--compat mergekit`` follows them)."""
+
+
+def _mergekit_compute_name(recipe: Recipe, dtypes: set[str]) -> str:
+    try:
+        return parse_dtype(recipe.dtype) if recipe.dtype is not None else promoted(dtypes)
+    except ValueError as exc:
+        raise MergeError(f"dtype: {exc}") from None
+
+
+def _mergekit_out(recipe: Recipe, dtypes: set[str], method: MergeMethod) -> str:
+    """mergekit's output dtype: ``out_dtype``, else its result's (the compute dtype, unless
+    the method's arithmetic promotes it)."""
+    if recipe.out_dtype is not None:
+        return parse_dtype(recipe.out_dtype)
+    return method.mergekit_result_dtype or _mergekit_compute_name(recipe, dtypes)
+
+
 def build_plan(
     method_name: str,
     models: Sequence[Checkpoint],
@@ -324,6 +387,21 @@ def build_plan(
     if len(model_params) != len(models):
         raise MergeError(f"{len(model_params)} sets of model parameters for {len(models)} models")
     params = dict(params or {})
+    compat_note = None
+    if recipe is not None and recipe.compat == "mergekit":
+        if method_name not in MERGEKIT_METHODS:
+            raise MergeError(
+                f"--compat mergekit: {method_name} is not a mergekit method, so there is no "
+                f"mergekit arithmetic to follow; merge without --compat"
+            )
+        params, compat_note = method_class(method_name).mergekit_params(params)
+    elif recipe is not None and recipe.is_mergekit_file:
+        theirs = method_class(method_name).mergekit_params(params)[0].get("rescale")
+        if theirs == "norm" and params.get("rescale") != "norm":
+            compat_note = (
+                f"{method_name}: rescales kept values by 1/density (DARE's paper); mergekit "
+                f"restores each task vector's L1 norm (rescale: norm, or --compat mergekit)"
+            )
     labels = [m.label for m in models]
     scheduled = any(schedules.is_schedule(v) for p in (params, *model_params) for v in p.values())
     first = next(iter(models[0].infos), "")
@@ -361,15 +439,19 @@ def build_plan(
                 TensorPlan(name, info.shape, info.dtype, info.dtype, STORAGE[info.dtype], False)
             )
             continue
-        if len(dtypes) > 1 and out_dtype is None:
+        if len(dtypes) > 1 and out_dtype is None and not (recipe and recipe.compat):
             mixed.append(
                 f"{name}: "
                 + ", ".join(f"{ckpt.label} {dtype_name(ckpt.infos[name].dtype)}" for ckpt in inputs)
             )
             continue
         target = out_dtype or info.dtype
+        compute, rounding = compute_dtype(dtypes), None
+        if recipe is not None and recipe.compat == "mergekit":
+            compute, rounding = _mergekit_compute(recipe, dtypes)
+            target = _mergekit_out(recipe, dtypes, method)
         tensors.append(
-            TensorPlan(name, info.shape, info.dtype, target, compute_dtype(dtypes), True, offset)
+            TensorPlan(name, info.shape, info.dtype, target, compute, True, offset, rounding)
         )
         offset += info.numel
     if mixed:
@@ -380,6 +462,8 @@ def build_plan(
             + more
         )
     plan = MergePlan(method, list(models), base, tensors, recipe)
+    if compat_note is not None:
+        plan.notes.append(compat_note)
     if scheduled:
         _schedule(plan, method_name, params, model_params, labels, positions)
     if ignored_base is not None:

@@ -11,6 +11,11 @@ weights) and from the last slice's otherwise (final norm, LM head: "post"), at t
 
 Every slice is a :class:`~mergelab.engine.plan.MergePlan` over renamed views of the
 inputs (:class:`Renamed`), so the checks, methods and streaming are the plain merge's.
+
+A checkpoint with more than one layer stack (a VLM's text decoder and vision tower, an
+encoder-decoder) is refused: a layer range would cut every stack at once. mergekit refuses
+it too ("must use modules: config syntax to work with slices"); merge such models with
+``models:``, where each stack keeps its own layers.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from mergelab.errors import MergeError
 from mergelab.io.checkpoint import Checkpoint, TensorInfo
 from mergelab.io.open import open_checkpoint
 from mergelab.recipe import Recipe
-from mergelab.schedules import LAYER, layer_of
+from mergelab.schedules import LAYER, layer_of, stacks
 
 __all__ = ["PRE_WEIGHTS", "Renamed", "layer_count", "plan_slices"]
 
@@ -62,15 +67,27 @@ def _renumber(name: str, layer: int) -> str:
 
 
 def layer_count(ckpt: Checkpoint) -> int:
-    """Layers of a checkpoint: one more than the largest layer index in its names."""
-    return max((i for n in ckpt.infos if (i := layer_of(n)) is not None), default=-1) + 1
+    """Layers of a checkpoint: one more than the largest layer index in its names; one
+    line naming the stacks when it has several (see the module's docstring)."""
+    found = stacks(ckpt.infos)
+    if len(found) > 1:
+        listed = ", ".join(f"{stack}N ({n} layers)" for stack, n in found.items())
+        raise MergeError(
+            f"{ckpt.label}: {len(found)} layer stacks ({listed}); slices take layer ranges "
+            f"of one stack (mergekit: modules:, which mergelab does not read): merge this "
+            f"model with models: instead"
+        )
+    return next(iter(found.values()), 0)
 
 
-def _base_index(recipe: Recipe, paths: list[str]) -> int | None:
-    if recipe.base_model is None:
+def _base_index(base: str | None, paths: list[str], where: str) -> int | None:
+    """Which source is the base: the slice's ``base_model``, else the recipe's."""
+    if base is None:
         return None
-    target = Path(recipe.base_model).resolve()
+    target = Path(base).resolve()
     found = [i for i, p in enumerate(paths) if Path(p).resolve() == target]
+    if not found and where.endswith(".base_model"):
+        raise MergeError(f"{where}: {base} is not one of the slice's sources")
     return found[0] if found else None
 
 
@@ -79,12 +96,12 @@ def plan_slices(recipe: Recipe, options: Mapping[str, object]) -> tuple[list[Mer
     outside the layers (those that exist); and the output's layer count."""
     assert recipe.slices
     opened: dict[str, Checkpoint] = {}
-    for path in recipe.inputs:
-        opened[path] = open_checkpoint(path, **options)
-    counts = {p: layer_count(c) for p, c in opened.items()}
     plans: list[MergePlan] = []
     offset = 0
     try:
+        for path in recipe.inputs:
+            opened[path] = open_checkpoint(path, **options)
+        counts = {p: layer_count(c) for p, c in opened.items()}
         for k, sl in enumerate(recipe.slices):
             lengths = {src.layer_range[1] - src.layer_range[0] for src in sl.sources}
             if len(lengths) != 1:
@@ -114,7 +131,7 @@ def plan_slices(recipe: Recipe, options: Mapping[str, object]) -> tuple[list[Mer
                 name: 1.0 if n == 1 else (layer_of(name) - offset) / (n - 1)  # type: ignore[operator]
                 for name in views[0].infos
             }
-            plans.append(_plan(recipe, sl.sources, views, sl.parameters, t, f"slices[{k}]"))
+            plans.append(_plan(recipe, sl, views, t, f"slices[{k}]"))
             offset += n
         first, last = recipe.slices[0], recipe.slices[-1]
         outside = [n for n in opened[first.sources[0].model].infos if layer_of(n) is None]
@@ -125,9 +142,7 @@ def plan_slices(recipe: Recipe, options: Mapping[str, object]) -> tuple[list[Mer
             if not part:
                 continue
             views = [Renamed(opened[s.model], {n: n for n in part}) for s in sl.sources]
-            plans.append(
-                _plan(recipe, sl.sources, views, sl.parameters, dict.fromkeys(part, 0.0), "")
-            )
+            plans.append(_plan(recipe, sl, views, dict.fromkeys(part, 0.0), ""))
     except BaseException:
         for ckpt in opened.values():
             ckpt.close()
@@ -135,9 +150,11 @@ def plan_slices(recipe: Recipe, options: Mapping[str, object]) -> tuple[list[Mer
     return plans, offset
 
 
-def _plan(recipe, sources, views, slice_params, t, where: str) -> MergePlan:
+def _plan(recipe, sl, views, t, where: str) -> MergePlan:
+    sources, slice_params = sl.sources, sl.parameters
     paths = [s.model for s in sources]
-    base_i = _base_index(recipe, paths)
+    own = f"{where or 'slices'}.base_model" if sl.base_model is not None else ""
+    base_i = _base_index(sl.base_model or recipe.base_model, paths, own)
     models = [v for i, v in enumerate(views) if i != base_i]
     if not models:
         raise MergeError(

@@ -118,6 +118,45 @@ def to_compute(raw: np.ndarray, dtype: str, out: np.ndarray) -> np.ndarray:
     return out
 
 
+# torch.promote_types among the float dtypes a merge reads: the wider, and float32 for
+# float16 with bfloat16 (neither holds the other).
+_WIDTH = {"F8_E4M3": 0, "F8_E5M2": 0, "F16": 1, "BF16": 1, "F32": 2, "F64": 3}
+
+
+def promoted(dtypes: set[str]) -> str:
+    """The dtype torch computes a mix of ``dtypes`` in (mergekit's compute dtype when a
+    recipe names none)."""
+    widest = max(dtypes, key=lambda d: _WIDTH.get(d, 2))
+    if len(dtypes) > 1 and _WIDTH.get(widest, 2) < 2:
+        return "F32"
+    return widest
+
+
+def round_to(values: np.ndarray, dtype: str) -> np.ndarray:
+    """Round float32/64 ``values`` in place to the nearest value of ``dtype`` (kept in
+    their own dtype): what torch does after each operation on tensors of ``dtype``, so a
+    computation that calls this where torch rounds gives torch's low-precision results."""
+    if dtype == "F64" or (dtype == "F32" and values.dtype == np.float32):
+        return values  # already in that dtype
+    if dtype == "BF16" and values.dtype == np.float32 and values.flags.c_contiguous:
+        # Round to nearest even on the bits, in place: one scratch array, no torch.
+        bits = values.reshape(-1).view(np.uint32)
+        odd = np.right_shift(bits, np.uint32(16))
+        np.bitwise_and(odd, np.uint32(1), out=odd)
+        np.add(odd, np.uint32(0x7FFF), out=odd)
+        np.add(bits, odd, out=bits)
+        np.bitwise_and(bits, np.uint32(0xFFFF0000), out=bits)
+        return values
+    if dtype == "F16" and values.dtype == np.float32 and values.flags.c_contiguous:
+        import torch  # its float16 conversion is vectorised: 6x NumPy's
+
+        held = torch.from_numpy(values)
+        held.copy_(held.half())
+        return values
+    to_compute(from_compute(values, dtype), dtype, values)
+    return values
+
+
 def from_compute(values: np.ndarray, dtype: str) -> np.ndarray:
     """Values computed in float32/64 as an array in the storage dtype of ``dtype``."""
     if dtype == "BF16":

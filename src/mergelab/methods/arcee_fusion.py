@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mergelab.methods.as_torch import on_torch
 from mergelab.methods.base import MergeMethod, TensorContext, register
 
 EPS = 1e-8
@@ -40,6 +41,34 @@ def fence(scores: np.ndarray) -> float:
     return float(at[0] + 1.5 * (at[2] - at[1]))
 
 
+def _importance_as_mergekit(model: np.ndarray, base: np.ndarray, ctx: TensorContext) -> np.ndarray:
+    """:func:`importance` as mergekit computes it in a float16/bfloat16 compute dtype: each
+    operation in float32, its result rounded (``ctx.round``), as torch does on the CPU."""
+    b = model.reshape(1, -1) if model.ndim < 1 else model
+    a = base.reshape(b.shape)
+    import torch  # its softmax kernel: NumPy's exp and sum differ in the last float32 bit
+
+    def softmax(x: np.ndarray) -> np.ndarray:
+        return on_torch(lambda v: torch.softmax(v, dim=-1), x, ctx)
+
+    r = ctx.round
+    diff = np.abs(r(b - a))
+    p = r(r(softmax(b)) + np.float32(EPS))
+    q = r(r(softmax(a)) + np.float32(EPS))
+    terms = r(p * on_torch(torch.log, r(p / q), ctx))
+    kl = on_torch(lambda v: v.sum(dim=-1, keepdim=True), terms, ctx)
+    return r(diff * kl).reshape(model.shape)
+
+
+def _fence_as_mergekit(scores: np.ndarray, ctx: TensorContext) -> np.float32:
+    """:func:`fence` with each operation rounded as in mergekit's compute dtype."""
+    s = np.sort(scores.ravel())
+    median, q1, q3 = (s[int(q * (len(s) - 1))] for q in (0.5, 0.25, 0.75))
+    r = ctx.round
+    iqr = r(np.array([q3 - q1], dtype=scores.dtype))
+    return r(median + r(iqr * np.float32(1.5)))[0]
+
+
 @register
 class ArceeFusion(MergeMethod):
     """theta = a + (b - a) * [importance >= median + 1.5 IQR] (see the module docstring),
@@ -55,11 +84,19 @@ class ArceeFusion(MergeMethod):
     identical_inputs_give_input = False
     identical_inputs_reason = "only the outlying part of the model's change is taken"
 
+    # mergekit multiplies by a float32 mask, so torch promotes its result to float32: that
+    # is the dtype it writes when the recipe names no out_dtype (--compat mergekit).
+    mergekit_result_dtype = "F32"
+
     def merge(self, tensors: np.ndarray, base: np.ndarray | None, ctx: TensorContext) -> np.ndarray:
         assert base is not None
         b = tensors[0]
         if b.size == 0:
             return b
+        if ctx.rounding is not None:
+            scores = _importance_as_mergekit(b, base, ctx)
+            threshold = _fence_as_mergekit(scores, ctx)
+            return base + ctx.round(b - base) * (scores >= threshold)
         scores = importance(b, base)
         keep = scores >= fence(scores)
         return (base + (b - base) * keep).astype(b.dtype)

@@ -31,6 +31,8 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from mergelab.io.dtypes import round_to
+
 BasePolicy = Literal["required", "optional", "unused", "ignored"]
 """Whether a method takes a base model. ``ignored``: a base is accepted (a command written
 for task-vector methods works unchanged) and checked against the models' headers, but never
@@ -71,6 +73,17 @@ class TensorContext:
     stats: TensorStatistics | None = None  # from tensor_statistics
     model_stats: ModelStatistics | None = None  # from model_statistics, via model_stats_for
     model_offset: int = 0  # position of this tensor's first element in the whole model
+    rounding: str | None = None  # --compat mergekit: the low-precision dtype it computes in
+
+    def round(self, values: np.ndarray) -> np.ndarray:
+        """``values`` rounded in place to mergekit's compute dtype under ``--compat
+        mergekit`` (a no-op otherwise): methods call it where mergekit's torch code, working
+        in that dtype, rounds an intermediate result."""
+        if self.rounding is not None:
+            if not isinstance(values, np.ndarray):  # a NumPy scalar cannot change in place
+                values = np.array(values)
+            round_to(values, self.rounding)
+        return values
 
     @property
     def numel(self) -> int:
@@ -126,6 +139,23 @@ class MergeMethod(ABC):
     (to float rounding). The registry-generated tests hold every method to it."""
     identical_inputs_reason: ClassVar[str] = ""
     """Why not, where ``identical_inputs_give_input`` is False."""
+
+    @classmethod
+    def mergekit_params(cls, params: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+        """The recipe's global parameters as mergekit reads them (``--compat mergekit``),
+        where its meaning or default differs from mergelab's, and a note saying so."""
+        return params, None
+
+    def mergekit_workspace_bytes(self, numel: int, n_models: int) -> int:
+        """Memory ``--compat mergekit`` takes beyond :meth:`workspace_bytes` for a tensor of
+        ``numel`` values: mergekit's kernels, run by torch on whole tensors (copies in its
+        dtypes, float32 results)."""
+        return 0 if self.elementwise else 2 * 4 * numel
+
+    mergekit_result_dtype: ClassVar[str | None] = None
+    """The dtype mergekit's result has whatever its compute dtype (torch promoted it), where
+    it has one: ``--compat mergekit`` writes it when the recipe names no ``out_dtype``,
+    and does not round the result to the compute dtype."""
 
     def __init__(self, params: MethodParams, per_model: list[ModelParams]) -> None:
         self.params = params

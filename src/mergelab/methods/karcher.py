@@ -72,6 +72,8 @@ class Karcher(MergeMethod):
         n = tensors.shape[0]
         if n == 1:
             return tensors[0]
+        if ctx.rounding is not None:
+            return self._as_mergekit(tensors, ctx)
         flat = tensors.reshape(n, -1).astype(np.float64)
         norms = np.linalg.norm(flat, axis=1)
         valid = norms > self.params.tol
@@ -81,3 +83,44 @@ class Karcher(MergeMethod):
         u = karcher_direction(units, self.params.max_iter, self.params.tol)
         scale = float(norms.mean())
         return (scale * u).reshape(tensors.shape[1:]).astype(tensors.dtype)
+
+    def _as_mergekit(self, tensors: np.ndarray, ctx: TensorContext) -> np.ndarray:
+        """``--compat mergekit``: mergekit's iteration with its unit vectors, mean and
+        tangent in the float16/bfloat16 compute dtype and its norms in float32, run by
+        torch in those dtypes (each step rounds as mergekit's does)."""
+        import torch
+
+        from mergelab.io.dtypes import to_torch
+
+        low = to_torch(ctx.rounding)
+        tol, n = self.params.tol, tensors.shape[0]
+        xs = [torch.from_numpy(np.ascontiguousarray(x.reshape(-1))).to(low) for x in tensors]
+        norms = [torch.linalg.vector_norm(x.float()) for x in xs]
+        valid = [i for i in range(n) if norms[i].item() > tol]
+        if not valid:
+            return np.zeros_like(tensors[0])
+        units = [xs[i] / norms[i] for i in valid]
+        total = sum(1.0 / n for _ in valid)
+        shares = [(1.0 / n) / total for _ in valid]
+        mean = torch.zeros_like(units[0])
+        for share, unit in zip(shares, units, strict=True):
+            mean += share * unit
+        length = torch.linalg.vector_norm(mean.float())
+        mean = units[0].clone() if length.item() < tol else mean / length
+        for _ in range(self.params.max_iter):
+            tangent = torch.zeros_like(mean)
+            for share, unit in zip(shares, units, strict=True):
+                cos = torch.clamp(torch.dot(mean, unit), -1.0, 1.0)
+                theta = torch.arccos(cos)
+                if theta.item() >= tol:
+                    tangent += share * (theta / torch.sin(theta)) * (unit - cos * mean)
+            step = torch.linalg.vector_norm(tangent.float())
+            if step.item() < tol:
+                break
+            mean = torch.cos(step) * mean + torch.sin(step) * (tangent / step)
+            length = torch.linalg.vector_norm(mean.float())
+            if length.item() > tol:
+                mean = mean / length
+        scale = sum((1.0 / n) * norm for norm in norms)
+        out = (scale * mean).float().numpy()
+        return out.reshape(tensors.shape[1:])

@@ -35,6 +35,8 @@ class Linear(MergeMethod):
 
     def merge(self, tensors: np.ndarray, base: np.ndarray | None, ctx: TensorContext) -> np.ndarray:
         w = self.weights(tensors)
+        if ctx.rounding is not None:
+            return self._as_mergekit(tensors, w)
         weighted = bool(np.any(w != 1))
         if weighted:
             np.multiply(tensors, w, out=tensors)
@@ -49,3 +51,16 @@ class Linear(MergeMethod):
         values = tensors / w if weighted else tensors
         share = (w / w.sum()).astype(np.float64)
         return (values.astype(np.float64) * share).sum(axis=0).astype(tensors.dtype)
+
+    def _as_mergekit(self, tensors: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """``--compat mergekit``: mergekit's float32 accumulation, ``acc.addcmul_(x, w_i)``
+        per model (a fused multiply-add: one rounding per model, emulated in float64, where
+        x * w_i is exact for float16/bfloat16 x), then the division."""
+        acc = np.zeros(tensors.shape[1:], dtype=np.float64)
+        for x, c in zip(tensors, w.reshape(-1), strict=True):
+            acc += x.astype(np.float64) * float(c)
+            acc = acc.astype(np.float32).astype(np.float64)
+        out = acc.astype(tensors.dtype)
+        if self.params.normalize:
+            out /= w.sum()
+        return out

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mergelab.methods.as_torch import on_torch
 from mergelab.methods.base import (
     DeltaAccess,
     MergeMethod,
@@ -58,6 +59,36 @@ def ratios_from_gram(gram: np.ndarray) -> np.ndarray:
     return np.where(singular, 0.0, n * cos / np.where(singular, 1.0, denominator))
 
 
+def _ratios_as_mergekit(taus: list[np.ndarray], ctx: TensorContext) -> np.ndarray:
+    """:func:`ratios_from_gram` as mergekit computes it in a float16/bfloat16 compute dtype
+    (``--compat mergekit``): each step's result rounded; norms and sums by torch, whose
+    float32 accumulation over a row NumPy's pairwise sums do not reproduce bit for bit."""
+    import torch
+
+    r = ctx.round
+    f32 = np.float32
+
+    def norm(x: np.ndarray) -> np.ndarray:
+        return on_torch(lambda v: torch.linalg.vector_norm(v, dim=-1), x, ctx)
+
+    def row_sum(x: np.ndarray) -> np.ndarray:
+        return on_torch(lambda v: v.sum(dim=-1), x, ctx)
+
+    floor = r(np.array([NORM_EPS], dtype=f32))
+    norms = [norm(t) for t in taus]
+    n = len(taus)
+    cosines = [
+        np.clip(r(row_sum(r(taus[i] * taus[j])) / np.maximum(r(norms[i] * norms[j]), floor)), -1, 1)
+        for i in range(n)
+        for j in range(i + 1, n)
+    ]
+    cos = r(np.stack(cosines).mean(axis=0, dtype=f32))
+    denominator = r(f32(1) + r(f32(n - 1) * cos))
+    singular = np.abs(denominator) < SINGULAR_EPS
+    ratio = r(r(f32(n) * cos) / np.where(singular, f32(1), denominator))
+    return np.where(singular, f32(0), ratio)
+
+
 def _row_pieces(start: int, stop: int, row_length: int) -> list[tuple[int, int, int]]:
     """Split the flat range [start, stop) at row boundaries: (first row, lo, hi) pieces that
     are either a part of one row or a run of whole rows (offsets relative to ``start``)."""
@@ -93,17 +124,27 @@ class ModelStock(MergeMethod):
     def uses_tensor_statistics(self) -> bool:
         return True
 
-    def _rows(self, shape: tuple[int, ...]) -> int:
+    def mergekit_workspace_bytes(self, numel: int, n_models: int) -> int:
+        # every model's whole task vector, and torch's copies of two of them
+        return 4 * numel * (n_models + 2)
+
+    def _rows(self, shape: tuple[int, ...], ctx: TensorContext) -> int:
         # A vector (bias, norm) is one row, as in mergekit; a conv kernel's rows are its
-        # output filters (mergekit's rows run along the last axis instead).
-        return shape[0] if self.params.filter_wise and len(shape) >= 2 else 1
+        # output filters (mergekit's rows run along the last axis instead: so with
+        # --compat mergekit, a [out, in, kh, kw] kernel has out * in * kh rows of kw).
+        if not self.params.filter_wise or len(shape) < 2:
+            return 1
+        return math.prod(shape[:-1]) if ctx.rounding is not None else shape[0]
 
     def tensor_statistics(self, ctx: TensorContext, deltas: DeltaAccess) -> ModelStockStats:
         assert deltas.chunks is not None
         n = deltas.n_models
-        rows = self._rows(ctx.shape)
+        rows = self._rows(ctx.shape, ctx)
         numel = math.prod(ctx.shape)
         row_length = numel // rows if rows else 0
+        if ctx.rounding is not None and row_length:
+            taus = [deltas.tensor(i).reshape(rows, row_length) for i in range(n)]
+            return ModelStockStats(_ratios_as_mergekit(taus, ctx), row_length)
         gram = np.zeros((rows, n, n), dtype=np.float64)
         if row_length:
             for start, values in deltas.chunks():
@@ -134,4 +175,11 @@ class ModelStock(MergeMethod):
                 for row in range(first, last + 1)
             ]
             t = np.repeat(ratios[first : last + 1], counts)
+        if ctx.rounding is not None:  # mergekit: sum(ws) / count, each step rounded
+            r = ctx.round
+            average = tensors[0].copy()
+            for x in tensors[1:]:
+                r(np.add(average, x, out=average))
+            r(np.divide(average, tensors.dtype.type(len(tensors)), out=average))
+            return r(t * average) + r(r(1 - t) * base)
         return t * tensors.mean(0) + (1 - t) * base

@@ -14,6 +14,7 @@ import numpy as np
 from pydantic import Field
 
 from mergelab.errors import MergeError
+from mergelab.methods.as_torch import on_torch as torch_kernel
 from mergelab.methods.base import MergeMethod, MethodParams, TensorContext, register
 
 
@@ -45,6 +46,8 @@ class MultiSlerp(MergeMethod):
         n = tensors.shape[0]
         if n == 1:
             return tensors[0]
+        if ctx.rounding is not None and np.any(tensors != (base if base is not None else 0)):
+            return self._as_mergekit(tensors, base, ctx)
         v = (tensors - base if base is not None else tensors).reshape(n, -1).astype(np.float64)
         w = np.asarray([p.weight for p in self.per_model], dtype=np.float64)
         if self.params.normalize_weights:
@@ -68,3 +71,53 @@ class MultiSlerp(MergeMethod):
         if base is not None:
             out = out + base
         return out.astype(tensors.dtype)
+
+    def _as_mergekit(
+        self, tensors: np.ndarray, base: np.ndarray | None, ctx: TensorContext
+    ) -> np.ndarray:
+        """``--compat mergekit``: mergekit's steps in its float16/bfloat16 compute dtype,
+        each result rounded (``r``; norms, sums, cos and sin by torch in float32, as torch
+        computes them for those dtypes). In that dtype the tangent-space terms, zero in
+        exact arithmetic, are not, so they are computed as mergekit does."""
+        import torch
+
+        def on_torch(fn, x: np.ndarray) -> np.ndarray:
+            return torch_kernel(fn, x, ctx)
+
+        def norm(x: np.ndarray, axis: int | None = None) -> np.ndarray:
+            if axis is None:
+                return on_torch(lambda v: torch.linalg.vector_norm(v).reshape(1), x)
+            return on_torch(lambda v: torch.linalg.vector_norm(v, dim=axis, keepdim=True), x)
+
+        def total(x: np.ndarray, axis: int) -> np.ndarray:
+            return on_torch(lambda v: v.sum(dim=axis, keepdim=axis != 0), x)
+
+        r, f32 = ctx.round, np.float32
+        n = tensors.shape[0]
+        eps = f32(self.params.eps)
+        v = r(tensors - base if base is not None else tensors.copy()).reshape(n, -1)
+        w = r(np.asarray([p.weight for p in self.per_model], dtype=f32))
+        if self.params.normalize_weights:
+            w = r(w / total(w, 0))
+        w = w[:, None]
+        norms = norm(v, axis=-1)
+        unit = r(v / r(norms + eps))
+        mean = total(r(unit * w), 0)
+        length = norm(mean)
+        if length[0] < r(np.array([eps]))[0]:
+            if n != 2:
+                raise MergeError(
+                    f"multislerp: {ctx.name}: the weighted directions cancel out (opposite "
+                    f"tensors with balancing weights); choose other weights"
+                )
+            out = r(r(v[0] * w[0]) + r(v[1] * w[1]))
+        else:
+            mean = r(mean / length)
+            dots = total(r(unit * mean), -1)
+            tangent = total(r(r(unit - r(dots * mean)) * w), 0)
+            step = r(norm(tangent) + eps)
+            along = r(tangent * r(on_torch(torch.sin, step) / step))
+            out = r(r(mean * on_torch(torch.cos, step)) + along)
+            out = r(out * total(r(norms[:, 0] * w[:, 0]), 0))
+        out = out.reshape(tensors.shape[1:])
+        return out + base if base is not None else out

@@ -45,8 +45,11 @@ class NearSwap(MergeMethod):
     def merge(self, tensors: np.ndarray, base: np.ndarray | None, ctx: TensorContext) -> np.ndarray:
         assert base is not None
         b = tensors[0]
-        distance = np.maximum(np.abs(base - b), np.asarray(MIN_DISTANCE, dtype=b.dtype))
+        r = ctx.round  # where mergekit rounds in a float16/bfloat16 compute dtype (--compat)
+        floor = r(np.asarray([MIN_DISTANCE], dtype=b.dtype))
+        distance = np.maximum(r(np.abs(base - b)), floor)
         # t * (1 / d), not t / d: what torch computes for scalar / tensor, so the bytes
         # equal mergekit's.
-        w = np.clip(np.reciprocal(distance) * np.asarray(self.params.t, dtype=b.dtype), 0, 1)
-        return w * b + (1 - w) * base
+        t = np.asarray(self.params.t, dtype=b.dtype)
+        w = np.clip(r(r(np.reciprocal(distance)) * t), 0, 1)
+        return r(w * b) + r(r(1 - w) * base)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mergelab.methods.as_torch import on_torch as torch_kernel
 from mergelab.methods.base import MergeMethod, MethodParams, TensorContext, register
 
 EPS = 1e-8
@@ -46,6 +47,46 @@ def nuslerp(t: float, v0: np.ndarray, v1: np.ndarray, axis: int | None) -> np.nd
     return out.reshape(shape).astype(v0.dtype)
 
 
+def nuslerp_as_mergekit(
+    t: float, v0: np.ndarray, v1: np.ndarray, axis: int | None, ctx: TensorContext
+) -> np.ndarray:
+    """:func:`nuslerp` as mergekit computes it (``--compat mergekit``): each step's result
+    rounded to its compute dtype (``r``), norms, sums, acos and sin by torch on tensors in
+    that dtype, reductions over a transposed view where mergekit transposes (torch sums a
+    strided axis in another order), and mergekit's collinearity test, 1 - cos^2 <= 1e-16
+    in the compute dtype."""
+    import torch
+
+    def along(fn, x: np.ndarray) -> np.ndarray:
+        """``fn`` reducing the last axis of mergekit's view of ``x``, kept as a length-1
+        axis of ``x``'s own layout."""
+        if axis in (None, -1):
+            return torch_kernel(fn, x, ctx)
+        return torch_kernel(lambda v: fn(v.transpose(axis, -1)).transpose(axis, -1), x, ctx)
+
+    def elementwise(fn, x: np.ndarray) -> np.ndarray:
+        return torch_kernel(fn, x, ctx)
+
+    r, f32 = ctx.round, np.float32
+    shape = v0.shape
+    a, b = (v0.reshape(1, -1), v1.reshape(1, -1)) if axis is None else (v0, v1)
+    floor = r(np.array([NORM_FLOOR], dtype=f32))
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        norm = along(lambda v: torch.linalg.vector_norm(v, dim=-1, keepdim=True), x)
+        return r(x / np.maximum(norm, floor))
+
+    cos = np.clip(along(lambda v: v.sum(dim=-1, keepdim=True), r(unit(a) * unit(b))), -1, 1)
+    colinear = r(f32(1) - r(cos * cos)) <= r(np.array([EPS**2], dtype=f32))
+    theta = elementwise(torch.acos, np.where(colinear, f32(0), cos))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        start = r(elementwise(torch.sin, r(f32(1 - t) * theta)) * a)
+        end = r(elementwise(torch.sin, r(f32(t) * theta)) * b)
+        arc = r(r(start + end) / elementwise(torch.sin, theta))
+    out = np.where(colinear, r(r(f32(1 - t) * a) + r(f32(t) * b)), arc)
+    return out.reshape(shape)
+
+
 @register
 class NuSlerp(MergeMethod):
     """t = w_2 / (w_1 + w_2) (0.5 when the weights sum to about 0); with a base,
@@ -67,6 +108,11 @@ class NuSlerp(MergeMethod):
         t = 0.5 if abs(w1 + w2) < 1e-6 else w2 / (w1 + w2)
         p = self.params
         axis = None if p.nuslerp_flatten or tensors.ndim < 2 else (0 if p.nuslerp_row_wise else -1)
+        if ctx.rounding is not None:
+            if base is None:
+                return nuslerp_as_mergekit(t, tensors[0], tensors[1], axis, ctx)
+            v0, v1 = ctx.round(tensors[0] - base), ctx.round(tensors[1] - base)
+            return base + nuslerp_as_mergekit(t, v0, v1, axis, ctx)
         if base is None:
             return nuslerp(t, tensors[0], tensors[1], axis)
         return base + nuslerp(t, tensors[0] - base, tensors[1] - base, axis)

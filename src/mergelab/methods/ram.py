@@ -28,11 +28,17 @@ class RamPlusParams(RamParams):
     """Cap on the shared/unique ratio rho."""
 
 
-def _parts(tensors: np.ndarray, base: np.ndarray, epsilon: float):
-    tau = tensors - base
+def _parts(tensors: np.ndarray, base: np.ndarray, epsilon: float, ctx: TensorContext):
+    tau = ctx.round(tensors - base)  # rounded where mergekit's compute dtype rounds it
     on = np.abs(tau) > epsilon
     count = on.sum(axis=0)
     return np.where(on, tau, 0), on, count
+
+
+def _shared(tau: np.ndarray, count: np.ndarray, ctx: TensorContext) -> np.ndarray:
+    """Each model's share of the elements it shares: tau / count (rounded, mergekit's
+    ``tv * overlap / count`` in its compute dtype), 0 where it contributes alone."""
+    return np.where(count > 1, ctx.round(tau / np.maximum(count, 1).astype(tau.dtype)), 0)
 
 
 @register
@@ -49,7 +55,10 @@ class Ram(MergeMethod):
 
     def merge(self, tensors: np.ndarray, base: np.ndarray | None, ctx: TensorContext) -> np.ndarray:
         assert base is not None
-        tau, _, count = _parts(tensors, base, self.params.epsilon)
+        tau, _, count = _parts(tensors, base, self.params.epsilon, ctx)
+        if ctx.rounding is not None:  # mergekit: lone and shared parts summed over models
+            merged = ctx.round(np.where(count == 1, tau, _shared(tau, count, ctx)).sum(axis=0))
+            return base + merged
         return base + tau.sum(axis=0) / np.maximum(count, 1).astype(tau.dtype)
 
 
@@ -65,11 +74,12 @@ class RamPlusTL(MergeMethod):
     params: RamPlusParams
     base_policy = "required"
     elementwise = False
+    mergekit_result_dtype = "F32"  # its lambda is float32: torch promotes the result
 
     def merge(self, tensors: np.ndarray, base: np.ndarray | None, ctx: TensorContext) -> np.ndarray:
         assert base is not None
         p = self.params
-        tau, on, count = _parts(tensors, base, p.epsilon)
+        tau, on, count = _parts(tensors, base, p.epsilon, ctx)
         n = tensors.shape[0]
         flat_on = on.reshape(n, -1)
         shared = (flat_on & (count.reshape(-1) > 1)).sum(axis=1)
@@ -77,5 +87,13 @@ class RamPlusTL(MergeMethod):
         rho = shared / np.maximum(unique, p.epsilon)
         lam = (1 + p.r * np.clip(rho, 0, p.alpha)).reshape(-1, *[1] * base.ndim)
         lone = count == 1
+        if ctx.rounding is not None:
+            # mergekit: lambda in float32, so the lone part (and the result) is float32;
+            # the shared part stays in the compute dtype.
+            f32 = np.float32
+            rho32 = shared.astype(f32) / np.maximum(unique, p.epsilon).astype(f32)
+            lam32 = f32(1) + f32(p.r) * np.clip(rho32, f32(0), f32(p.alpha))
+            lone_part = np.where(lone, tau * lam32.reshape(lam.shape), 0)
+            return base + (lone_part + _shared(tau, count, ctx)).sum(axis=0)
         merged = np.where(lone, (tau * lam).sum(axis=0), tau.sum(axis=0) / np.maximum(count, 1))
         return (base + merged).astype(tensors.dtype)

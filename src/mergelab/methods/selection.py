@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -27,10 +27,14 @@ BLOCK = 1 << 17  # bracket pass granularity: its masks stay in cache and are reu
 
 @dataclass(frozen=True)
 class Cutoff:
-    """Keep ``|x| > value``, and ``|x| == value`` at global positions ``<= last_tie``."""
+    """Keep ``|x| > value``, and ``|x| == value`` at global positions ``<= last_tie`` (or,
+    with ``ties``, at those positions)."""
 
     value: float
     last_tie: int
+    ties: np.ndarray | None = field(default=None, compare=False)
+    """Sorted global positions of the ties kept, where they are not the earliest: torch's
+    sort order (``--compat mergekit``, :func:`torch_order_cutoffs`)."""
 
     @classmethod
     def keep_all(cls) -> Cutoff:
@@ -42,6 +46,11 @@ class Cutoff:
 
     def mask(self, magnitudes: np.ndarray, start: int) -> np.ndarray:
         """Boolean keep-mask of a chunk of ``|x|`` starting at global position ``start``."""
+        if self.ties is not None:
+            keep = magnitudes > self.value
+            lo, hi = np.searchsorted(self.ties, [start, start + magnitudes.size])
+            keep[self.ties[lo:hi] - start] = True
+            return keep
         if start + magnitudes.size - 1 <= self.last_tie:  # every tie in the chunk is kept
             return magnitudes >= self.value
         keep = magnitudes > self.value
@@ -156,3 +165,38 @@ def top_k_cutoffs(stream: ChunkStream, ks: Sequence[int], total: int) -> list[Cu
         else:  # pragma: no cover - the last bracket spans everything
             raise AssertionError("top-k bracket failed")
     return [found[j] for j in range(len(ks))]
+
+
+def torch_order_cutoffs(
+    magnitudes: np.ndarray, ks: Sequence[int], descending: bool
+) -> list[Cutoff]:
+    """mergekit's selections, ties at the threshold included: the positions of the ``k``
+    largest of ``magnitudes`` (one tensor, flat) as ``torch.argsort`` orders them, descending
+    (``magnitude``: ``argsort(w, descending=True)[:k]``) or ascending (``magnitude_outliers``:
+    ``sort(w).indices[n - k:]``). torch's sort does not keep ties in position order, and in
+    float16/bfloat16 ties are common, so ``--compat mergekit`` asks torch itself."""
+    import torch
+
+    ordered, order = torch.sort(torch.from_numpy(magnitudes), descending=descending)
+    values, positions = ordered.numpy(), order.numpy()
+    n = magnitudes.size
+    cutoffs = []
+    for k in ks:
+        if k <= 0:
+            cutoffs.append(Cutoff.keep_none())
+            continue
+        if k >= n:
+            cutoffs.append(Cutoff.keep_all())
+            continue
+        # The kept k are a run of the sorted values; the smallest of them, the threshold,
+        # is at its end (descending) or start (ascending), and its ties are beside it.
+        if descending:
+            value = values[k - 1]
+            first = int(np.searchsorted(-values[:k], -value, side="left"))
+            ties = positions[first:k]
+        else:
+            value = values[n - k]
+            last = n - k + int(np.searchsorted(values[n - k :], value, side="right"))
+            ties = positions[n - k : last]
+        cutoffs.append(Cutoff(value.item(), -1, np.sort(ties)))
+    return cutoffs

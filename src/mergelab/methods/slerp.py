@@ -24,6 +24,7 @@ from mergelab.methods.base import (
 )
 
 DOT_THRESHOLD = 0.9995
+MERGEKIT_CHUNK = 1 << 20
 EPS = 1e-8
 
 
@@ -52,6 +53,63 @@ def coefficients(gram: np.ndarray, t: float) -> SlerpStats:
     omega = math.acos(dot)
     s = math.sin(omega)
     return SlerpStats(math.sin((1 - t) * omega) / s, math.sin(t * omega) / s)
+
+
+def _blocks(chunks, size: int, swap: bool):
+    """``(v0, v1)`` float32 torch rows of consecutive ``size``-element blocks from the
+    start of the tensor, from chunks ``(start, values[rows, length])`` of any length
+    (rows: the models, then the base; ``swap``: the base is v0)."""
+    import torch
+
+    held: list[np.ndarray] = []
+    count = 0
+    for _, values in chunks:
+        held.append(values)
+        count += values.shape[1]
+        while count >= size:
+            joined = np.concatenate(held, axis=1) if len(held) > 1 else held[0]
+            block, rest = joined[:, :size], joined[:, size:]
+            held, count = ([rest] if rest.shape[1] else []), rest.shape[1]
+            yield _pair(torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32)), swap)
+    if count:
+        joined = np.concatenate(held, axis=1) if len(held) > 1 else held[0]
+        yield _pair(torch.from_numpy(np.ascontiguousarray(joined, dtype=np.float32)), swap)
+
+
+def _pair(block, swap: bool):
+    return (block[1:2], block[0:1]) if swap else (block[0:1], block[1:2])
+
+
+def coefficients_as_mergekit(chunks, t: float, swap: bool) -> SlerpStats:
+    """:func:`coefficients` as mergekit computes them, in float32 by torch (``--compat
+    mergekit``: its inputs are rounded to its compute dtype, the coefficients are not):
+    norms of blocks of 2^20 elements combined, then the dot product block by block of the
+    normalised vectors, as mergekit's chunked slerp (``chunks``: a callable giving the
+    inputs' chunks, read twice; mergekit's blocks are smaller when it batches several
+    tensors into one kernel call, which its one-tensor-at-a-time execution does not)."""
+    import torch
+
+    parts_a, parts_b = [], []
+    for a, b in _blocks(chunks(), MERGEKIT_CHUNK, swap):
+        parts_a.append(torch.linalg.vector_norm(a, dim=1, keepdim=True))
+        parts_b.append(torch.linalg.vector_norm(b, dim=1, keepdim=True))
+
+    def norm(parts: list) -> torch.Tensor:
+        n = torch.linalg.vector_norm(torch.stack(parts), dim=0)
+        return torch.where(n > EPS, n, 1)
+
+    na, nb = norm(parts_a), norm(parts_b)
+    dots = [
+        ((a / na) * (b / nb)).sum(dim=1, keepdim=True)
+        for a, b in _blocks(chunks(), MERGEKIT_CHUNK, swap)
+    ]
+    dot = torch.stack(dots).sum(dim=0).clamp(-1, 1)
+    linear = dot.abs() > DOT_THRESHOLD
+    theta = torch.acos(torch.where(linear, 0, dot))
+    t32 = torch.tensor([[t]], dtype=torch.float32)
+    c0 = torch.where(linear, 1 - t32, torch.sin((1 - t32) * theta) / torch.sin(theta))
+    c1 = torch.where(linear, t32, torch.sin(t32 * theta) / torch.sin(theta))
+    return SlerpStats(c0.item(), c1.item())
 
 
 @register
@@ -87,6 +145,9 @@ class Slerp(MergeMethod):
 
     def tensor_statistics(self, ctx: TensorContext, deltas: DeltaAccess) -> SlerpStats:
         # The raw inputs, not task vectors: rows are the models, then the base if any.
+        if ctx.rounding is not None:
+            swap = deltas.n_models == 1  # (model, base): the base is the start point v0
+            return coefficients_as_mergekit(deltas.inputs, self.params.t, swap)
         gram = np.zeros((2, 2), dtype=np.float64)
         for _, values in deltas.inputs():
             values = values.astype(np.float64, copy=False)
@@ -98,4 +159,6 @@ class Slerp(MergeMethod):
     def merge(self, tensors: np.ndarray, base: np.ndarray | None, ctx: TensorContext) -> np.ndarray:
         assert isinstance(ctx.stats, SlerpStats)
         v0, v1 = (base, tensors[0]) if base is not None else (tensors[0], tensors[1])
+        if ctx.rounding is not None:  # float32 coefficients, mergekit's order of operations
+            return np.float32(ctx.stats.c0) * v0 + np.float32(ctx.stats.c1) * v1
         return v0 * ctx.stats.c0 + v1 * ctx.stats.c1

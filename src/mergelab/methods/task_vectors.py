@@ -36,7 +36,7 @@ from mergelab.methods.base import (
     register,
     seeded_generator,
 )
-from mergelab.methods.selection import Cutoff, top_k_cutoffs
+from mergelab.methods.selection import Cutoff, top_k_cutoffs, torch_order_cutoffs
 
 RANDOM_BLOCK = 1 << 20
 CACHE_BLOCK = 1 << 17
@@ -131,6 +131,24 @@ class TaskVectorMerge(MergeMethod):
     base_policy = "required"
     params: TaskVectorParams
     per_model: list[TaskVectorModelParams]
+
+    @classmethod
+    def mergekit_params(cls, params: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+        """mergekit's rescale is the L1 norm's whenever on (``rescale: true``, DARE's
+        default); mergelab's DARE default is the paper's 1/density."""
+        default = cls.Params.model_fields["rescale"].default
+        rescale = params.get("rescale", default != "none")
+        if not isinstance(rescale, bool):
+            return params, None
+        if rescale and "rescale" not in params:
+            note = f"{cls.name}: rescale as mergekit's, to each task vector's L1 norm"
+        else:
+            note = None
+        return {**params, "rescale": "norm" if rescale else "none"}, note
+
+    def mergekit_workspace_bytes(self, numel: int, n_models: int) -> int:
+        # torch's sort of one task vector's magnitudes: the values and int64 positions
+        return 12 * numel if self._selects_top_k and self.params.scope == "tensor" else 0
 
     @property
     def _selects_top_k(self) -> bool:
@@ -230,7 +248,13 @@ class TaskVectorMerge(MergeMethod):
 
     def _selection(self, i: int, ctx: TensorContext, delta: np.ndarray) -> ModelSelection:
         magnitudes = np.abs(delta.reshape(-1), out=delta.reshape(-1))
-        if self._selects_top_k and self.params.scope == "tensor":
+        if self._selects_top_k and self.params.scope == "tensor" and ctx.rounding is not None:
+            ranks = self._kept_ranks(i, magnitudes.size)
+            descending = self.params.sparsify == "magnitude"
+            kept = (
+                None if ranks is None else Kept(*torch_order_cutoffs(magnitudes, ranks, descending))
+            )
+        elif self._selects_top_k and self.params.scope == "tensor":
             kept = self._cutoffs(i, lambda: [(0, magnitudes)], magnitudes.size)
         elif isinstance(ctx.model_stats, TaskVectorModelStats):
             kept = ctx.model_stats.kept[i]
@@ -241,7 +265,11 @@ class TaskVectorMerge(MergeMethod):
             keep = self._keep(i, magnitudes, ctx, kept)
             before = float(magnitudes.sum(dtype=np.float64))
             after = before if keep is None else float(magnitudes[keep].sum(dtype=np.float64))
+            if ctx.rounding is not None:  # mergekit's sums and ratio are in its compute dtype
+                before, after = _rounded(ctx, before), _rounded(ctx, after)
             scale = before / after if before >= NORM_EPS and after >= NORM_EPS else 1.0
+            if ctx.rounding is not None:
+                scale = _rounded(ctx, scale)
         return ModelSelection(kept, scale)
 
     # -- the merge -----------------------------------------------------------------------
@@ -261,7 +289,9 @@ class TaskVectorMerge(MergeMethod):
 
     def _merge_block(self, tensors: np.ndarray, base: np.ndarray, ctx: TensorContext) -> np.ndarray:
         p = self.params
-        deltas = np.subtract(tensors, base, out=tensors)
+        # ctx.round: where mergekit's code, working in a float16/bfloat16 compute dtype,
+        # rounds (--compat mergekit); a no-op otherwise.
+        deltas = ctx.round(np.subtract(tensors, base, out=tensors))
         if p.sparsify != "none":
             scratch = np.empty_like(deltas[0])
             for i in range(deltas.shape[0]):
@@ -274,9 +304,10 @@ class TaskVectorMerge(MergeMethod):
                     deltas[i] /= deltas.dtype.type(self.per_model[i].density)
                 elif p.rescale == "norm" and scale != 1.0:
                     deltas[i] *= deltas.dtype.type(scale)
-        w = self.weights(deltas)
+                ctx.round(deltas[i])
+        w = ctx.round(self.weights(deltas))
         if np.any(w != 1):
-            np.multiply(deltas, w, out=deltas)
+            ctx.round(np.multiply(deltas, w, out=deltas))
         if p.consensus != "none":
             # Elected sign per element: +1 where the vote (sum of values, or of signs) is >= 0.
             vote = deltas.sum(axis=0) if p.consensus == "sum" else np.sign(deltas).sum(axis=0)
@@ -287,21 +318,22 @@ class TaskVectorMerge(MergeMethod):
             np.multiply(deltas, elected, out=deltas)
             agree = deltas > 0
             if p.normalize:
-                divisor = self._agreeing_weight(agree, w)
+                divisor = ctx.round(self._agreeing_weight(agree, w))
             # Agreeing values (as magnitudes), others +0: maximum against an array is the
             # fast loop; against the scalar 0 it is twice as slow, with the same result.
             np.maximum(deltas, np.zeros_like(elected), out=deltas)
-            mixed = deltas.sum(axis=0)
+            mixed = ctx.round(deltas.sum(axis=0))
             mixed *= elected
             if p.normalize:
-                mixed /= divisor
+                ctx.round(np.divide(mixed, divisor, out=mixed))
         else:
-            mixed = deltas.sum(axis=0)
+            mixed = ctx.round(deltas.sum(axis=0))
             if p.normalize:
-                divisor = w.sum()
+                divisor = ctx.round(w.sum(keepdims=True)).reshape(())
                 mixed /= divisor if abs(divisor) >= 1e-8 else np.ones_like(divisor)
+                ctx.round(mixed)
         if p.lambda_ != 1:
-            mixed *= deltas.dtype.type(p.lambda_)
+            ctx.round(np.multiply(mixed, deltas.dtype.type(p.lambda_), out=mixed))
         mixed += base
         return mixed
 
@@ -319,6 +351,11 @@ class TaskVectorMerge(MergeMethod):
             divisor += agree[i] if w[i] == 1 else agree[i] * w[i]
         divisor[divisor == 0] = 1
         return divisor
+
+
+def _rounded(ctx: TensorContext, value: float) -> float:
+    """One number rounded as ``ctx.round`` rounds arrays."""
+    return float(ctx.round(np.array([value], dtype=np.float32))[0])
 
 
 SUMS = "task vectors add up (normalize=false by default): n identical models give base + n*tau"
