@@ -35,6 +35,22 @@ def crash_once(marker_dir: str, name: str) -> str:
     return name
 
 
+def crash_once_beside(marker_dir: str, name: str, beside: str) -> str:
+    """:func:`crash_once`, but only once unit ``beside`` runs (its marker exists): the
+    worker dies with both in flight, however long the workers took to start."""
+    deadline = time.monotonic() + 60
+    while not (Path(marker_dir) / f"{beside}.started").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return crash_once(marker_dir, name)
+
+
+def started(marker_dir: str, name: str, seconds: float) -> tuple[str, None]:
+    """Say it runs (a marker file), then take ``seconds``."""
+    (Path(marker_dir) / f"{name}.started").touch()
+    time.sleep(seconds)
+    return name, None
+
+
 def bad_input(marker_dir: str, name: str) -> str:
     _attempt(marker_dir, name)
     raise MergelabError(f"{name}: bad input")
