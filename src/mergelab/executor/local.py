@@ -63,6 +63,11 @@ class ProcessPool(Executor):
         self.workers = workers
         self._pools: dict[int | None, cf.ProcessPoolExecutor] = {}
         self._placed: dict[cf.Future, str] = {}
+        self._pool_of: dict[cf.Future, int | None] = {}
+        self._broken: set[int | None] = set()
+        """Pools a unit found broken: replaced before the next submission, since the pool
+        may not know yet (its manager thread notices a dead worker late, and a unit
+        queued there meanwhile would fail too, charged for a death it did not cause)."""
 
     @property
     def slots(self) -> int:
@@ -94,6 +99,9 @@ class ProcessPool(Executor):
             gpu = int(device.split(":")[1])
             kwargs = {**kwargs, "device": "cuda"}  # the only GPU its process sees
         args = (call_unit, unit.fn, unit.args, kwargs, self.threads)
+        if gpu in self._broken and gpu in self._pools:
+            self._broken.discard(gpu)
+            self._pools.pop(gpu).shutdown(wait=True, cancel_futures=True)
         try:
             fut = self._pool(gpu).submit(*args)
         except cf.process.BrokenProcessPool:  # a worker died (killed, out of memory): anew
@@ -101,6 +109,7 @@ class ProcessPool(Executor):
             fut = self._pool(gpu).submit(*args)
         if gpu is not None:
             self._placed[fut] = device
+        self._pool_of[fut] = gpu
         return fut
 
     def _lost_worker(self, exc: BaseException) -> bool:
@@ -111,9 +120,12 @@ class ProcessPool(Executor):
         out: list[Finished] = []
         for fut in finished:
             device = self._placed.pop(fut, None)
+            gpu = self._pool_of.pop(fut, None)
             try:
                 value, seconds, where = fut.result()
             except Exception as exc:  # raised by the unit, or a worker that died
+                if self._lost_worker(exc):
+                    self._broken.add(gpu)
                 out.append((fut, None, exc, 0.0, device or "worker process"))
             else:
                 if device is not None:
@@ -129,6 +141,8 @@ class ProcessPool(Executor):
             pool.shutdown(wait=True, cancel_futures=cancel)
         self._pools.clear()
         self._placed.clear()
+        self._pool_of.clear()
+        self._broken.clear()
 
 
 def local_executor(workers: int = 1, **kw: Any) -> Executor:
