@@ -157,6 +157,13 @@ def test_the_fills_follow_mergekits_defaults(setup):
         plan_rows(merge, order, a, {"z": TokenSetting(force=True)})
 
 
+def _views(merge, paths, states, order):
+    """Every model of ``order`` (``states[name]``) through the merged vocabulary, a the base."""
+    ckpts = [(paths[n], ArrayCheckpoint(states[n], n)) for n in order]
+    views, _ = wrap(merge, ckpts, [paths[n] for n in order], paths["a"], None)
+    return views
+
+
 def test_bfloat16_rows_are_copied_bit_for_bit(setup):
     merge, paths, tensors, _ = setup
     torch = pytest.importorskip("torch")
@@ -164,13 +171,7 @@ def test_bfloat16_rows_are_copied_bit_for_bit(setup):
     bf = {
         n: {k: torch.from_numpy(v).to(torch.bfloat16) for k, v in tensors[n].items()} for n in order
     }
-    views, _ = wrap(
-        merge,
-        [(paths[n], ArrayCheckpoint(bf[n], n)) for n in order],
-        [paths[n] for n in order],
-        paths["a"],
-        None,
-    )
+    views = _views(merge, paths, bf, order)
     raw = views[1].read("embed_tokens.weight").reshape(12, WIDTH)
     assert raw.dtype == np.uint16
     own = ArrayCheckpoint(bf["b"]).read("embed_tokens.weight").reshape(4, WIDTH)
@@ -181,13 +182,7 @@ def test_bfloat16_rows_are_copied_bit_for_bit(setup):
 def test_the_plan_merges_the_views(setup):
     merge, paths, tensors, _ = setup
     order = ["a", "b", "c"]
-    views, _ = wrap(
-        merge,
-        [(paths[n], ArrayCheckpoint(tensors[n], n)) for n in order],
-        [paths[n] for n in order],
-        paths["a"],
-        None,
-    )
+    views = _views(merge, paths, tensors, order)
     plan = build_plan("linear", views)
     sink = MemorySink(plan)
     execute(plan, sink, progress=False)

@@ -333,14 +333,6 @@ def _listing(names: list[str]) -> str:
     return shown + (f", ... ({len(names) - MAX_LISTED} more)" if len(names) > MAX_LISTED else "")
 
 
-def _mergekit_compute(recipe: Recipe, dtypes: set[str]) -> tuple[np.dtype, str | None]:
-    """mergekit's compute dtype for a tensor stored in ``dtypes``: the recipe's ``dtype``,
-    else the inputs' promoted dtype; as (the array dtype mergelab computes in, the dtype
-    it rounds to where mergekit's torch code rounds, or None)."""
-    name = _mergekit_compute_name(recipe, dtypes)
-    return np.dtype(np.float64 if name == "F64" else np.float32), name
-
-
 MERGEKIT_METHODS = frozenset(
     {
         "arcee_fusion", "breadcrumbs", "breadcrumbs_ties", "dare_linear", "dare_ties", "della",
@@ -353,6 +345,8 @@ MERGEKIT_METHODS = frozenset(
 
 
 def _mergekit_compute_name(recipe: Recipe, dtypes: set[str]) -> str:
+    """mergekit's compute dtype for a tensor stored in ``dtypes``: the recipe's ``dtype``,
+    else the inputs' promoted dtype."""
     try:
         return parse_dtype(recipe.dtype) if recipe.dtype is not None else promoted(dtypes)
     except ValueError as exc:
@@ -388,7 +382,8 @@ def build_plan(
         raise MergeError(f"{len(model_params)} sets of model parameters for {len(models)} models")
     params = dict(params or {})
     compat_note = None
-    if recipe is not None and recipe.compat == "mergekit":
+    compat = recipe is not None and recipe.compat == "mergekit"
+    if compat:
         if method_name not in MERGEKIT_METHODS:
             raise MergeError(
                 f"--compat mergekit: {method_name} is not a mergekit method, so there is no "
@@ -439,7 +434,7 @@ def build_plan(
                 TensorPlan(name, info.shape, info.dtype, info.dtype, STORAGE[info.dtype], False)
             )
             continue
-        if len(dtypes) > 1 and out_dtype is None and not (recipe and recipe.compat):
+        if len(dtypes) > 1 and out_dtype is None and not compat:
             mixed.append(
                 f"{name}: "
                 + ", ".join(f"{ckpt.label} {dtype_name(ckpt.infos[name].dtype)}" for ckpt in inputs)
@@ -447,8 +442,10 @@ def build_plan(
             continue
         target = out_dtype or info.dtype
         compute, rounding = compute_dtype(dtypes), None
-        if recipe is not None and recipe.compat == "mergekit":
-            compute, rounding = _mergekit_compute(recipe, dtypes)
+        if compat:
+            assert recipe is not None
+            rounding = _mergekit_compute_name(recipe, dtypes)
+            compute = np.dtype(np.float64 if rounding == "F64" else np.float32)
             target = _mergekit_out(recipe, dtypes, method)
         tensors.append(
             TensorPlan(name, info.shape, info.dtype, target, compute, True, offset, rounding)

@@ -73,12 +73,12 @@ class TensorContext:
     stats: TensorStatistics | None = None  # from tensor_statistics
     model_stats: ModelStatistics | None = None  # from model_statistics, via model_stats_for
     model_offset: int = 0  # position of this tensor's first element in the whole model
-    rounding: str | None = None  # --compat mergekit: the low-precision dtype it computes in
+    rounding: str | None = None  # --compat mergekit: the dtype mergekit computes in
 
     def round(self, values: np.ndarray) -> np.ndarray:
         """``values`` rounded in place to mergekit's compute dtype under ``--compat
-        mergekit`` (a no-op otherwise): methods call it where mergekit's torch code, working
-        in that dtype, rounds an intermediate result."""
+        mergekit`` (a no-op otherwise, and for float32/float64): methods call it where
+        mergekit's torch code, working in that dtype, rounds an intermediate result."""
         if self.rounding is not None:
             if not isinstance(values, np.ndarray):  # a NumPy scalar cannot change in place
                 values = np.array(values)
